@@ -61,6 +61,7 @@ class TinyStoriesGPTAttention(nn.Module):
         self.is_causal = True  # read by the sdpa/flash backends
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True  # read by _init_weights
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
@@ -102,6 +103,7 @@ class TinyStoriesGPTMLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.act = ACT2FN[config.activation_function]
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True  # read by _init_weights
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -149,11 +151,13 @@ class TinyStoriesGPTPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 initialisation: normal(0, initializer_range), residual projections scaled down."""
         super()._init_weights(module)
-        if isinstance(module, (TinyStoriesGPTAttention, TinyStoriesGPTMLP)):
+        # Marked on the Linear itself: Transformers skips modules without parameters of their own
+        # (the attention and MLP wrappers) when initialising remote code.
+        if getattr(module, "is_residual_projection", False):
             # Two residual branches per block add up over depth; 1/sqrt(2 n_layer) keeps the
             # residual stream's variance flat at initialisation (GPT-2 paper, section 2.3).
             std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
-            init.normal_(module.c_proj.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
 
 
 class TinyStoriesGPTModel(TinyStoriesGPTPreTrainedModel):
