@@ -1,0 +1,443 @@
+"""Text → tokens → windows.
+
+1. `load_text_splits`: stories from the Hub or local files, through `datasets`, as train/validation splits with a
+   `text` column.
+2. `tokenize_split` / `prepare_data`: tokenize a split once (batched, fast tokenizer), append `<|endoftext|>` after
+   every story, and stream the ids into one flat uint16/uint32 file with a JSON sidecar. A later run with the same
+   source and tokenizer reuses the file; any change to either builds a new one.
+3. `WindowSampler`, `fixed_eval_batches`, `sequential_batches`: batches drawn from the memory-mapped token file.
+
+Batch format, everywhere: a pair `(input_ids, labels)` of int64 tensors of shape (B, block_size), with the labels
+already shifted: ``labels[b, t]`` is the token that follows ``input_ids[b, t]``, and -100 marks positions to ignore.
+Compute the loss with ``F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)``, or through a
+Transformers model with ``model(input_ids=x, labels=y, shift_labels=y)`` (passing `shift_labels` stops the model
+from shifting again). Pre-shifting lets a window use all `block_size` positions of the model's context.
+"""
+
+import codecs
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, DatasetDict
+from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
+
+from .tokenization import EOS_TOKEN, load_tokenizer, tokenizer_fingerprint
+
+DEFAULT_DATASET = "roneneldan/TinyStories"
+SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "tinystories"  # present in a source checkout
+SPLITS = ("train", "validation")
+TEXT_COLUMN = "text"
+IGNORE_INDEX = -100
+# How each local file extension is read: "stories" is our reader for `<|endoftext|>`-separated text files,
+# the others are datasets' packaged builders.
+FILE_READERS = {".txt": "stories", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TOKEN_FORMAT_VERSION = 1  # bump when the token file layout or its content rules change, to rebuild old caches
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Sources
+
+
+def load_text_splits(dataset: str | Path = DEFAULT_DATASET, validation_split_percentage: float = 5.0) -> DatasetDict:
+    """Load stories as a DatasetDict with `train` and `validation` splits, each with a `text` column.
+
+    `dataset` is a Hub dataset name (loaded with `datasets.load_dataset`) or a local path: a folder holding
+    `train.<ext>` and optionally `validation.<ext>`, a single file, or a folder written by `save_to_disk`.
+    Extensions: `.txt` (stories separated by lines holding `<|endoftext|>`, like the official TinyStories text
+    files), `.jsonl`/`.json` (a `text` field), `.parquet`. Without a validation split, the first
+    `validation_split_percentage` percent of the stories are held out as one (as in Transformers' run_clm.py),
+    which is deterministic and keeps the files' order.
+    """
+    local = Path(dataset).expanduser()
+    splits = _load_local(local) if local.exists() else _load_hub(str(dataset))
+    if "train" not in splits:
+        raise ValueError(f"{dataset} has no train split (splits found: {', '.join(splits)}); name one 'train'")
+    if "validation" not in splits:
+        splits = _hold_out(splits["train"], validation_split_percentage, dataset)
+    for name in SPLITS:
+        _check_text_split(splits[name], name, dataset)
+    return DatasetDict({name: splits[name].select_columns(TEXT_COLUMN) for name in SPLITS})
+
+
+def _load_hub(name: str) -> dict[str, Dataset]:
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in FILE_READERS:
+        raise FileNotFoundError(f"no such file or folder: {name}; pass an existing path or a Hub dataset name")
+    try:
+        return dict(datasets.load_dataset(name))
+    except DatasetNotFoundError as err:
+        raise FileNotFoundError(
+            f"{name!r} is neither a local file or folder nor a dataset on the Hub ({err}); pass an existing path "
+            f"or a Hub dataset name like {DEFAULT_DATASET}"
+        ) from err
+
+
+def _load_local(path: Path) -> dict[str, Dataset]:
+    if path.is_file():
+        return {"train": _load_file(path, "train")}
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        return dict(loaded) if isinstance(loaded, DatasetDict) else {"train": loaded}
+    splits = {}
+    for split in SPLITS:
+        files = [path / f"{split}{ext}" for ext in FILE_READERS if (path / f"{split}{ext}").is_file()]
+        if len(files) > 1:
+            raise ValueError(f"{path} holds several {split} files ({', '.join(f.name for f in files)}); keep one")
+        if files:
+            splits[split] = _load_file(files[0], split)
+    if "train" not in splits:
+        names = ", ".join(f"train{ext}" for ext in FILE_READERS)
+        raise FileNotFoundError(
+            f"{path} holds no training data: expected one of {names} (and optionally validation.*), "
+            "or a folder written by Dataset.save_to_disk"
+        )
+    return splits
+
+
+def _load_file(path: Path, split: str) -> Dataset:
+    reader = FILE_READERS.get(path.suffix)
+    if reader is None:
+        raise ValueError(f"{path}: unknown extension {path.suffix!r}; use one of {', '.join(FILE_READERS)}")
+    try:
+        if reader == "stories":
+            return Dataset.from_generator(
+                _read_stories,
+                gen_kwargs={"path": str(path)},
+                features=datasets.Features({TEXT_COLUMN: datasets.Value("string")}),
+                split=split,
+                # datasets would hash only the generator and the path; the file's size and mtime catch edits too.
+                fingerprint=_hash("stories", str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns),
+            )
+        return datasets.load_dataset(reader, data_files={split: str(path)}, split=split)
+    except DatasetGenerationError as err:
+        offset = _first_invalid_utf8(path)
+        if offset is not None:
+            raise ValueError(
+                f"{path}: the bytes at offset {offset} are not valid UTF-8; re-encode the file as UTF-8 "
+                f"(e.g. iconv -f <its encoding> -t UTF-8)"
+            ) from err
+        raise
+
+
+def _read_stories(path: str) -> Iterator[dict[str, str]]:
+    """Yield the stories of a text file in which `<|endoftext|>` ends each story, reading line by line."""
+    lines = []
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            *story_ends, rest = line.split(EOS_TOKEN)  # usually no separator, or a line holding only one
+            for end in story_ends:
+                story = ("".join(lines) + end).strip()
+                lines = []
+                if story:
+                    yield {TEXT_COLUMN: story}
+            lines.append(rest)
+    story = "".join(lines).strip()
+    if story:
+        yield {TEXT_COLUMN: story}
+
+
+def _first_invalid_utf8(path: Path, chunk_size: int = 1 << 20) -> int | None:
+    """The byte offset of the first invalid UTF-8 sequence in a file, or None; reads it in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes fed to the decoder so far
+    with open(path, "rb") as file:
+        while True:
+            chunk = file.read(chunk_size)
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character carried from the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                return offset - pending + err.start
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def _hold_out(train: Dataset, percentage: float, dataset: str | Path) -> dict[str, Dataset]:
+    num_validation = round(len(train) * percentage / 100)
+    if not 0 < num_validation < len(train):
+        raise ValueError(
+            f"{dataset} has no validation split, and holding out validation_split_percentage={percentage}% of its "
+            f"{len(train)} stories leaves {num_validation} for validation; choose a percentage that keeps at least "
+            "one story on each side, or provide a validation split"
+        )
+    return {"train": train.select(range(num_validation, len(train))), "validation": train.select(range(num_validation))}
+
+
+def _check_text_split(split: Dataset, name: str, dataset: str | Path) -> None:
+    if TEXT_COLUMN not in split.column_names:
+        raise ValueError(
+            f"the {name} split of {dataset} has no {TEXT_COLUMN!r} column (columns found: "
+            f"{', '.join(split.column_names) or 'none'}); rename the column that holds the stories to {TEXT_COLUMN!r}"
+        )
+    if split.features[TEXT_COLUMN] not in (datasets.Value("string"), datasets.Value("large_string")):
+        raise ValueError(
+            f"the {TEXT_COLUMN!r} column of the {name} split of {dataset} holds "
+            f"{split.features[TEXT_COLUMN]}, not strings"
+        )
+    if len(split) == 0:
+        raise ValueError(f"the {name} split of {dataset} holds no stories; add some text or point to another source")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Token files
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """One split tokenized into a flat file: every story's ids followed by `<|endoftext|>`, stories in order."""
+
+    path: Path
+    num_tokens: int  # end-of-story tokens included: the number of tokens a full evaluation pass predicts
+    num_bytes: int  # sum over stories of len(story.encode("utf-8")) + 1: the bits-per-byte denominator
+    num_stories: int
+    dtype: str  # "uint16" when the vocabulary fits, else "uint32"
+
+    def tokens(self) -> np.memmap:
+        """The token ids, memory-mapped read-only (nothing is loaded until indexed)."""
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What training needs from the data: the tokenizer and the two tokenized splits."""
+
+    tokenizer: PreTrainedTokenizerFast
+    train: TokenFile
+    validation: TokenFile
+
+
+def default_cache_dir() -> Path:
+    """Where token files and trained tokenizers go unless told otherwise: beside datasets' own cache."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "tinystories_gpt"
+
+
+def prepare_data(
+    dataset: str | Path = DEFAULT_DATASET,
+    tokenizer: str = "gpt2",
+    cache_dir: str | Path | None = None,
+    validation_split_percentage: float = 5.0,
+    num_proc: int | None = None,
+) -> PreparedData:
+    """Load the source, resolve the tokenizer spec (training `bpe:N` on the train split), tokenize both splits.
+
+    Everything is cached under `cache_dir` (default: `default_cache_dir()`), so a second call is fast.
+    """
+    splits = load_text_splits(dataset, validation_split_percentage)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    resolved = load_tokenizer(tokenizer, training_texts=splits["train"], cache_dir=cache_dir)
+    train, validation = (tokenize_split(splits[name], resolved, cache_dir, name, num_proc) for name in SPLITS)
+    return PreparedData(tokenizer=resolved, train=train, validation=validation)
+
+
+def tokenize_split(
+    texts: Dataset, tokenizer: PreTrainedTokenizerFast, cache_dir: str | Path, split: str, num_proc: int | None = None
+) -> TokenFile:
+    """Tokenize one split into `cache_dir`, or reuse the file an earlier call built from the same texts and tokenizer.
+
+    The ids are streamed to disk batch by batch, so memory stays flat however large the split. The token file and
+    then its sidecar are renamed into place, and only a sidecar that matches marks a file complete, so an
+    interrupted build is never mistaken for a finished one.
+    """
+    source_fingerprint = texts._fingerprint  # datasets' hash of where the rows came from and every step since
+    tokenizer_hash = tokenizer_fingerprint(tokenizer)
+    key = _hash(TOKEN_FORMAT_VERSION, source_fingerprint, tokenizer_hash)[:16]
+    cache_dir = Path(cache_dir)
+    bin_path, meta_path = cache_dir / f"{split}-{key}.bin", cache_dir / f"{split}-{key}.json"
+    meta = _read_meta(meta_path, bin_path)
+    if meta and meta["source_fingerprint"] == source_fingerprint and meta["tokenizer_fingerprint"] == tokenizer_hash:
+        return _token_file(bin_path, meta)
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the file being rebuilt
+    dtype = "uint16" if len(tokenizer) <= 1 << 16 else "uint32"
+    scratch = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{split}-{key}-"))
+    try:
+        encoded = (
+            texts.select_columns(TEXT_COLUMN)
+            .with_format("arrow")
+            .map(
+                _encode_batch,
+                batched=True,
+                num_proc=num_proc,
+                fn_kwargs={
+                    "backend": tokenizer.backend_tokenizer,
+                    "eos_token_id": tokenizer.eos_token_id,
+                    "dtype": dtype,
+                },
+                remove_columns=[TEXT_COLUMN],
+                features=datasets.Features(
+                    {"input_ids": datasets.List(datasets.Value(dtype)), "num_bytes": datasets.Value("int64")}
+                ),
+                cache_file_name=str(scratch / "encoded.arrow"),  # intermediate: deleted with the scratch folder
+                load_from_cache_file=False,
+                new_fingerprint=key,  # skips hashing the tokenizer, which is slow and already done
+                desc=f"Tokenizing {split}",
+            )
+        )
+        meta = _write_tokens(encoded, scratch / "tokens.bin", dtype)
+        del encoded  # release its memory map before the scratch folder goes
+        meta.update(
+            split=split,
+            source_fingerprint=source_fingerprint,
+            tokenizer_fingerprint=tokenizer_hash,
+            format_version=TOKEN_FORMAT_VERSION,
+            eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+        )
+        (scratch / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(scratch / "tokens.bin", bin_path)
+        os.replace(scratch / "meta.json", meta_path)  # last: from here on the pair counts as complete
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return _token_file(bin_path, meta)
+
+
+def _encode_batch(batch: pa.Table, backend: Tokenizer, eos_token_id: int, dtype: str) -> pa.Table:
+    """Encode a batch of stories into one flat id array (each story followed by EOS) and per-story byte counts."""
+    encodings = backend.encode_batch_fast(batch.column(TEXT_COLUMN).to_pylist(), add_special_tokens=False)
+    offsets = np.zeros(len(encodings) + 1, dtype=np.int32)
+    np.cumsum([len(encoding.ids) + 1 for encoding in encodings], out=offsets[1:])
+    ids = np.full(offsets[-1], eos_token_id, dtype=dtype)  # pre-filled with EOS, so each story's last slot has it
+    for encoding, start in zip(encodings, offsets, strict=False):
+        ids[start : start + len(encoding.ids)] = encoding.ids
+    num_bytes = pc.add(pc.binary_length(batch.column(TEXT_COLUMN)).cast(pa.int64()), 1)  # + 1 separator byte
+    return pa.table({"input_ids": pa.ListArray.from_arrays(offsets, ids), "num_bytes": num_bytes})
+
+
+def _write_tokens(encoded: Dataset, path: Path, dtype: str, batch_size: int = 10_000) -> dict:
+    num_tokens = num_bytes = num_stories = 0
+    with open(path, "wb") as file:
+        for batch in encoded.iter(batch_size=batch_size):
+            ids = pc.list_flatten(batch.column("input_ids")).to_numpy().astype(dtype, copy=False)
+            ids.tofile(file)
+            num_tokens += len(ids)
+            num_bytes += pc.sum(batch.column("num_bytes")).as_py()
+            num_stories += batch.num_rows
+    return {"dtype": dtype, "num_tokens": num_tokens, "num_bytes": num_bytes, "num_stories": num_stories}
+
+
+def _read_meta(meta_path: Path, bin_path: Path) -> dict | None:
+    """The sidecar of a complete token file, or None if either is missing, unreadable or inconsistent."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        complete = bin_path.stat().st_size == meta["num_tokens"] * np.dtype(meta["dtype"]).itemsize
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta if complete and meta.get("format_version") == TOKEN_FORMAT_VERSION else None
+
+
+def _token_file(path: Path, meta: dict) -> TokenFile:
+    return TokenFile(path, meta["num_tokens"], meta["num_bytes"], meta["num_stories"], meta["dtype"])
+
+
+def _hash(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Batches
+
+
+class WindowSampler:
+    """Training batches: random windows of `block_size + 1` tokens, from a seeded generator that can be resumed.
+
+    Each call draws `batch_size * world_size` window starts from one stream and returns this rank's slice of
+    them, so the stream does not depend on how it is chunked: with the same seed, two calls at world_size=1 give
+    exactly the windows one call gives ranks 0 and 1 at world_size=2. Every rank builds its own sampler with the
+    same seed. Batches are `(input_ids, labels)`, labels pre-shifted (see the module docstring).
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if len(tokens) < block_size + 1:
+            raise ValueError(
+                f"the split has {len(tokens)} tokens, fewer than block_size + 1 = {block_size + 1}; "
+                "use a smaller block_size or more data"
+            )
+        self.block_size, self.batch_size, self.rank, self.world_size = block_size, batch_size, rank, world_size
+        self.seed = seed
+        self.windows_drawn = 0  # across all ranks: the position in the shared stream
+        self._windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)  # (num_starts, T+1), no copy
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's next `(input_ids, labels)`, each int64 of shape (batch_size, block_size)."""
+        starts = self._rng.integers(len(self._windows), size=self.batch_size * self.world_size)
+        self.windows_drawn += len(starts)
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        windows = torch.from_numpy(self._windows[mine].astype(np.int64))  # (B, T+1)
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+    def state_dict(self) -> dict:
+        """Plain ints and strings (JSON- and torch.save-friendly) from which `load_state_dict` resumes exactly."""
+        return {"seed": self.seed, "windows_drawn": self.windows_drawn, "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.windows_drawn = state["seed"], state["windows_drawn"]
+        self._rng.bit_generator.state = state["rng"]
+
+
+def fixed_eval_batches(
+    tokens: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    num_batches: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed evaluation set: `num_batches` batches of random windows, chosen once so every eval sees the same ones.
+
+    Build it once per run and reuse the list. Same sampling and rank slicing as `WindowSampler`.
+    """
+    sampler = WindowSampler(tokens, block_size, batch_size, seed=seed, rank=rank, world_size=world_size)
+    return [sampler.next_batch() for _ in range(num_batches)]
+
+
+def sequential_batches(
+    tokens: np.ndarray, block_size: int, batch_size: int, eos_token_id: int, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A full pass for final metrics: every token of the split is a label exactly once.
+
+    The split is cut into consecutive, non-overlapping windows of `block_size` labels. The first window's context
+    starts with `eos_token_id` (as if a story had just ended), so the first token is predicted too, and the tail
+    window is padded (labels -100). Across all ranks, the labels other than -100 number exactly `len(tokens)`
+    (`TokenFile.num_tokens`), which with `TokenFile.num_bytes` gives bits per byte. Ranks take contiguous runs of
+    windows; their batch counts may differ by one. The last batch of a rank may be smaller than `batch_size`.
+    """
+    num_windows = -(-len(tokens) // block_size)
+    first, end = rank * num_windows // world_size, (rank + 1) * num_windows // world_size
+    for batch_start in range(first, end, batch_size):
+        batch_windows = min(batch_size, end - batch_start)
+        lo = batch_start * block_size  # index of the first label in this batch
+        hi = min(lo + batch_windows * block_size, len(tokens))
+        labels = np.full(batch_windows * block_size, IGNORE_INDEX, dtype=np.int64)
+        labels[: hi - lo] = tokens[lo:hi]
+        input_ids = np.full(batch_windows * block_size, eos_token_id, dtype=np.int64)  # EOS also pads the tail
+        if lo == 0:
+            input_ids[1 : hi - lo] = tokens[: hi - 1]
+        else:
+            input_ids[: hi - lo] = tokens[lo - 1 : hi - 1]
+        yield torch.from_numpy(input_ids).view(-1, block_size), torch.from_numpy(labels).view(-1, block_size)
+
+
+def bits_per_byte(total_nats: float, num_bytes: int) -> float:
+    """Bits per UTF-8 byte from the summed negative log-likelihood (in nats) over a full pass of a split."""
+    return total_nats / (num_bytes * math.log(2))
