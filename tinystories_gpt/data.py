@@ -29,9 +29,10 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from datasets import Dataset, DatasetDict
-from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
+from datasets.exceptions import DatasetNotFoundError
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -66,10 +67,10 @@ def load_text_splits(dataset: str | Path = DEFAULT_DATASET, validation_split_per
     splits = _load_local(local) if local.exists() else _load_hub(str(dataset))
     if "train" not in splits:
         raise ValueError(f"{dataset} has no train split (splits found: {', '.join(splits)}); name one 'train'")
+    for name, split in splits.items():
+        _check_text_split(split, name, dataset)
     if "validation" not in splits:
         splits = _hold_out(splits["train"], validation_split_percentage, dataset)
-    for name in SPLITS:
-        _check_text_split(splits[name], name, dataset)
     return DatasetDict({name: splits[name].select_columns(TEXT_COLUMN) for name in SPLITS})
 
 
@@ -82,6 +83,11 @@ def _load_hub(name: str) -> dict[str, Dataset]:
         raise FileNotFoundError(
             f"{name!r} is neither a local file or folder nor a dataset on the Hub ({err}); pass an existing path "
             f"or a Hub dataset name like {DEFAULT_DATASET}"
+        ) from err
+    except ConnectionError as err:
+        raise ConnectionError(
+            f"{name!r} is not a local file or folder, and the Hub could not be reached to load it as a dataset "
+            f"({err}); check the path, or the connection (HF_HUB_OFFLINE=1 uses a copy datasets cached earlier)"
         ) from err
 
 
@@ -111,25 +117,28 @@ def _load_file(path: Path, split: str) -> Dataset:
     reader = FILE_READERS.get(path.suffix)
     if reader is None:
         raise ValueError(f"{path}: unknown extension {path.suffix!r}; use one of {', '.join(FILE_READERS)}")
-    try:
-        if reader == "stories":
-            return Dataset.from_generator(
-                _read_stories,
-                gen_kwargs={"path": str(path)},
-                features=datasets.Features({TEXT_COLUMN: datasets.Value("string")}),
-                split=split,
-                # datasets would hash only the generator and the path; the file's size and mtime catch edits too.
-                fingerprint=_hash("stories", str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns),
-            )
-        return datasets.load_dataset(reader, data_files={split: str(path)}, split=split)
-    except DatasetGenerationError as err:
-        offset = _first_invalid_utf8(path)
-        if offset is not None:
-            raise ValueError(
-                f"{path}: the bytes at offset {offset} are not valid UTF-8; re-encode the file as UTF-8 "
-                f"(e.g. iconv -f <its encoding> -t UTF-8)"
-            ) from err
-        raise
+    # Checked up front: datasets' builders fail on empty files with unhelpful errors, and pyarrow's JSON reader
+    # accepts invalid UTF-8 that only breaks much later.
+    if _holds_no_stories(path, reader):
+        raise ValueError(f"{path} holds no stories for the {split} split; add text to it or point to another source")
+    if reader == "stories":
+        return Dataset.from_generator(
+            _read_stories,
+            gen_kwargs={"path": str(path)},
+            features=datasets.Features({TEXT_COLUMN: datasets.Value("string")}),
+            split=split,
+            # datasets would hash only the generator and the path; the file's size and mtime catch edits too.
+            fingerprint=_hash("stories", str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns),
+        )
+    return datasets.load_dataset(reader, data_files={split: str(path)}, split=split)
+
+
+def _holds_no_stories(path: Path, reader: str) -> bool:
+    if reader == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    if not _check_utf8(path):
+        return True
+    return reader == "stories" and next(_read_stories(str(path)), None) is None  # reads up to the first story
 
 
 def _read_stories(path: str) -> Iterator[dict[str, str]]:
@@ -149,20 +158,25 @@ def _read_stories(path: str) -> Iterator[dict[str, str]]:
         yield {TEXT_COLUMN: story}
 
 
-def _first_invalid_utf8(path: Path, chunk_size: int = 1 << 20) -> int | None:
-    """The byte offset of the first invalid UTF-8 sequence in a file, or None; reads it in chunks."""
+def _check_utf8(path: Path, chunk_size: int = 1 << 20) -> bool:
+    """Raise ValueError at the first invalid UTF-8 byte of a file; return whether it holds any non-whitespace."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0  # bytes fed to the decoder so far
+    has_text = False
     with open(path, "rb") as file:
         while True:
             chunk = file.read(chunk_size)
-            pending = len(decoder.getstate()[0])  # bytes of an unfinished character carried from the last chunk
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character carried over from the last chunk
             try:
-                decoder.decode(chunk, final=not chunk)
+                text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as err:
-                return offset - pending + err.start
+                raise ValueError(
+                    f"{path}: the bytes at offset {offset - pending + err.start} are not valid UTF-8; re-encode the "
+                    "file as UTF-8 (e.g. iconv -f <its encoding> -t UTF-8)"
+                ) from None
+            has_text = has_text or not text.isspace() and text != ""
             if not chunk:
-                return None
+                return has_text
             offset += len(chunk)
 
 

@@ -1,0 +1,28 @@
+"""Shared fixtures: an isolated Hugging Face cache, and (from fake_hub.py) an in-memory Hub."""
+
+from pathlib import Path
+
+import datasets.config
+import huggingface_hub.constants
+import pytest
+from fake_hub import fake_hub  # noqa: F401  (re-exported as a fixture)
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point every Hugging Face cache (and the token file) at a fresh folder, so tests never touch the user's.
+
+    The libraries read their cache paths from module constants computed at import, so the environment variables
+    (for subprocesses) are not enough: every constant under the real HF home is moved under the new one too.
+    """
+    home = tmp_path / "hf_home"
+    real_home = huggingface_hub.constants.HF_HOME
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for module in (huggingface_hub.constants, datasets.config):
+        for name, value in list(vars(module).items()):
+            if isinstance(value, str | Path) and str(value).startswith(real_home):
+                monkeypatch.setattr(module, name, type(value)(str(home) + str(value)[len(real_home) :]))
+    return home

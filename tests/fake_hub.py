@@ -1,0 +1,194 @@
+"""An in-memory Hugging Face Hub for tests, served through huggingface_hub's replaceable HTTP client.
+
+`FakeHub` holds repos (type "model" or "dataset", id "org/name") whose files are bytes, and answers the read
+routes that `hf_hub_download`, `snapshot_download`, `from_pretrained` and `datasets.load_dataset` use:
+
+    GET       /api/{models,datasets}/{repo}[/revision/{rev}]        repo info (id, sha, siblings)
+    GET       /api/{models,datasets}/{repo}/tree/{rev}[/{dir}]      file listing (?recursive=true)
+    HEAD/GET  [/datasets]/{repo}/resolve/{rev}/{path}              file, with ETag / X-Repo-Commit / Content-Length
+
+Anything else answers 404 with `X-Error-Code: EntryNotFound`, which is how the Hub says "no such file", so
+probes for optional files (README.md, dataset_infos.json, ...) fall through cleanly. More routes (e.g. the
+push routes) are added with `FakeHub.add_route`; `FakeHub.requests` records every request for assertions.
+
+Use the `fake_hub` fixture: it installs the hub as huggingface_hub's HTTP client for one test and restores the
+default client afterwards.
+"""
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from huggingface_hub.utils import httpx, set_client_factory
+
+try:  # where huggingface_hub keeps its default factory; not re-exported
+    from huggingface_hub.utils._http import default_client_factory
+except ImportError:  # pragma: no cover - older layouts
+    default_client_factory = None
+
+REPO = r"(?P<repo>[^/]+/[^/]+)"
+REPO_TYPE_PREFIXES = {"model": "models", "dataset": "datasets"}
+
+Handler = Callable[[httpx.Request, dict[str, str]], httpx.Response]
+
+
+def git_blob_sha(content: bytes) -> str:
+    """The object id git (and the Hub) gives a file's content; the Hub's ETag for non-LFS files."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def not_found(error_code: str, message: str) -> httpx.Response:
+    """A Hub-style 404, which huggingface_hub turns into EntryNotFoundError, RepositoryNotFoundError, ..."""
+    return httpx.Response(404, headers={"X-Error-Code": error_code}, json={"error": message})
+
+
+@dataclass
+class FakeRepo:
+    repo_id: str
+    repo_type: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def sha(self) -> str:
+        """A commit id that changes whenever the files do."""
+        listing = sorted((path, git_blob_sha(content)) for path, content in self.files.items())
+        return hashlib.sha1(json.dumps(listing).encode()).hexdigest()
+
+
+class FakeHub:
+    """An in-memory Hub: add repos with `add_repo`, install with `install` (or the `fake_hub` fixture)."""
+
+    endpoint = "https://huggingface.co"
+
+    def __init__(self) -> None:
+        self.repos: dict[tuple[str, str], FakeRepo] = {}
+        self.requests: list[httpx.Request] = []
+        self._routes: list[tuple[set[str], re.Pattern[str], Handler]] = []
+        types = r"(?P<type>models|datasets)"
+        self.add_route("GET", rf"/api/{types}/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", self._tree)
+        self.add_route("GET", rf"/api/{types}/{REPO}(?:/revision/(?P<rev>[^/]+))?", self._repo_info)
+        self.add_route(
+            "HEAD GET", rf"(?:/(?P<type>datasets))?/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve
+        )
+
+    def add_repo(self, repo_id: str, files: dict[str, bytes], repo_type: str = "model") -> FakeRepo:
+        """Create (or replace) a repo holding `files` ({path in repo: content})."""
+        if repo_type not in REPO_TYPE_PREFIXES:
+            raise ValueError(f"repo_type must be one of {list(REPO_TYPE_PREFIXES)}, got {repo_type!r}")
+        repo = FakeRepo(repo_id, repo_type, dict(files))
+        self.repos[repo_type, repo_id] = repo
+        return repo
+
+    def add_route(self, methods: str, pattern: str, handler: Handler) -> None:
+        """Serve `methods` (space-separated) on URL paths fully matching `pattern` with `handler(request, groups)`.
+
+        Routes are tried in the order they were added; the first match answers.
+        """
+        self._routes.append((set(methods.split()), re.compile(pattern), handler))
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """The MockTransport handler: dispatch a request to the first matching route."""
+        self.requests.append(request)
+        for methods, pattern, handler in self._routes:
+            match = pattern.fullmatch(request.url.path)
+            if request.method in methods and match:
+                return handler(request, {k: v for k, v in match.groupdict().items() if v is not None})
+        return not_found("EntryNotFound", f"{request.method} {request.url.path} is not served by the fake Hub")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(self.handle))
+
+    def install(self) -> None:
+        """Route all of huggingface_hub's HTTP traffic to this hub."""
+        set_client_factory(self.client)
+
+    @staticmethod
+    def uninstall() -> None:
+        """Give huggingface_hub back its default HTTP client."""
+        set_client_factory(default_client_factory or httpx.Client)
+
+    # -- lookups shared by the routes -------------------------------------------------------------------------
+
+    def repo(self, groups: dict[str, str]) -> FakeRepo | None:
+        """The repo a route's match names (`type` is the URL's plural, absent for models on resolve URLs)."""
+        repo_type = "dataset" if groups.get("type") == "datasets" else "model"
+        return self.repos.get((repo_type, groups["repo"]))
+
+    def _lookup(self, groups: dict[str, str]) -> FakeRepo | httpx.Response:
+        repo = self.repo(groups)
+        if repo is None:
+            return not_found("RepoNotFound", f"repository {groups['repo']} not found")
+        if groups.get("rev", "main") not in ("main", repo.sha):
+            return not_found("RevisionNotFound", f"revision {groups['rev']} not found in {repo.repo_id}")
+        return repo
+
+    # -- read routes --------------------------------------------------------------------------------------------
+
+    def _repo_info(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
+        repo = self._lookup(groups)
+        if isinstance(repo, httpx.Response):
+            return repo
+        info = {
+            "id": repo.repo_id,
+            "sha": repo.sha,
+            "private": False,
+            "lastModified": "2024-01-01T00:00:00.000Z",
+            "tags": [],
+            "siblings": [{"rfilename": path} for path in sorted(repo.files)],
+        }
+        return httpx.Response(200, json=info)
+
+    def _tree(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
+        repo = self._lookup(groups)
+        if isinstance(repo, httpx.Response):
+            return repo
+        folder = groups.get("path", "").strip("/")
+        prefix = f"{folder}/" if folder else ""
+        recursive = request.url.params.get("recursive", "false").lower() == "true"
+        entries: dict[str, dict] = {}
+        for path, content in sorted(repo.files.items()):
+            if not path.startswith(prefix):
+                continue
+            parts = path[len(prefix) :].split("/")
+            for depth in range(1, len(parts)):  # the folders on the way to the file
+                if depth == 1 or recursive:
+                    sub = prefix + "/".join(parts[:depth])
+                    entries.setdefault(sub, {"type": "directory", "path": sub, "size": 0, "oid": git_blob_sha(b"")})
+            if len(parts) == 1 or recursive:
+                entries[path] = {"type": "file", "path": path, "size": len(content), "oid": git_blob_sha(content)}
+        if folder and not entries:
+            return not_found("EntryNotFound", f"{folder} not found in {repo.repo_id}")
+        return httpx.Response(200, json=list(entries.values()))
+
+    def _resolve(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
+        repo = self._lookup(groups)
+        if isinstance(repo, httpx.Response):
+            return repo
+        content = repo.files.get(groups["path"])
+        if content is None:
+            return not_found("EntryNotFound", f"{groups['path']} not found in {repo.repo_id}")
+        headers = {
+            "ETag": f'"{git_blob_sha(content)}"',
+            "X-Repo-Commit": repo.sha,
+            "Content-Length": str(len(content)),
+            "Content-Type": "application/octet-stream",
+        }
+        return httpx.Response(200, headers=headers, content=content if request.method == "GET" else b"")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    """A FakeHub serving all huggingface_hub traffic for one test (no network), with Xet transfers off."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    hub = FakeHub()
+    hub.install()
+    yield hub
+    hub.uninstall()
