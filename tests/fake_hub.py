@@ -182,12 +182,15 @@ class FakeHub:
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     """A FakeHub serving all huggingface_hub traffic for one test (no network), with Xet transfers off."""
+    import datasets.config
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    # "Online" is safe here (every request goes to the fake), and lets the tests run under HF_HUB_OFFLINE=1 too.
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     hub = FakeHub()
     hub.install()
     yield hub

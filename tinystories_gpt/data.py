@@ -266,6 +266,8 @@ def tokenize_split(
     then its sidecar are renamed into place, and only a sidecar that matches marks a file complete, so an
     interrupted build is never mistaken for a finished one.
     """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token, which marks the end of every story; set one")
     source_fingerprint = texts._fingerprint  # datasets' hash of where the rows came from and every step since
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
     key = _hash(TOKEN_FORMAT_VERSION, source_fingerprint, tokenizer_hash)[:16]
