@@ -46,7 +46,7 @@ IGNORE_INDEX = -100
 # How each local file extension is read: "stories" is our reader for `<|endoftext|>`-separated text files,
 # the others are datasets' packaged builders.
 FILE_READERS = {".txt": "stories", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-TOKEN_FORMAT_VERSION = 1  # bump when the token file layout or its content rules change, to rebuild old caches
+FORMAT_VERSION = 1  # bump when the story reader or the token file layout changes, to rebuild old caches
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,7 +128,9 @@ def _load_file(path: Path, split: str) -> Dataset:
             features=datasets.Features({TEXT_COLUMN: datasets.Value("string")}),
             split=split,
             # datasets would hash only the generator and the path; the file's size and mtime catch edits too.
-            fingerprint=_hash("stories", str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns),
+            fingerprint=_hash(
+                "stories", FORMAT_VERSION, str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns
+            ),
         )
     return datasets.load_dataset(reader, data_files={split: str(path)}, split=split)
 
@@ -270,7 +272,7 @@ def tokenize_split(
         raise ValueError("the tokenizer has no eos_token, which marks the end of every story; set one")
     source_fingerprint = texts._fingerprint  # datasets' hash of where the rows came from and every step since
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
-    key = _hash(TOKEN_FORMAT_VERSION, source_fingerprint, tokenizer_hash)[:16]
+    key = _hash(FORMAT_VERSION, source_fingerprint, tokenizer_hash)[:16]
     cache_dir = Path(cache_dir)
     bin_path, meta_path = cache_dir / f"{split}-{key}.bin", cache_dir / f"{split}-{key}.json"
     meta = _read_meta(meta_path, bin_path)
@@ -310,7 +312,7 @@ def tokenize_split(
             split=split,
             source_fingerprint=source_fingerprint,
             tokenizer_fingerprint=tokenizer_hash,
-            format_version=TOKEN_FORMAT_VERSION,
+            format_version=FORMAT_VERSION,
             eos_token_id=tokenizer.eos_token_id,
             vocab_size=len(tokenizer),
         )
@@ -353,7 +355,7 @@ def _read_meta(meta_path: Path, bin_path: Path) -> dict | None:
         complete = bin_path.stat().st_size == meta["num_tokens"] * np.dtype(meta["dtype"]).itemsize
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return meta if complete and meta.get("format_version") == TOKEN_FORMAT_VERSION else None
+    return meta if complete and meta.get("format_version") == FORMAT_VERSION else None
 
 
 def _token_file(path: Path, meta: dict) -> TokenFile:
