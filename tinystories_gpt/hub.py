@@ -1,0 +1,308 @@
+"""The Hub-ready model folder, written atomically, and its upload.
+
+A Hub-ready folder holds everything `from_pretrained` and the Hub page need, with nothing from this package:
+
+    model.safetensors                  the weights (the tied output head is stored once, as the embedding)
+    config.json                        with `auto_map`, so `trust_remote_code=True` finds the code below
+    configuration_tinystories_gpt.py   the model's code, copied by `save_pretrained`
+    modeling_tinystories_gpt.py
+    tokenizer.json, tokenizer_config.json, ...
+    generation_config.json             sampling defaults for stories
+    README.md                          the model card, rendered from model_card.md
+    loss_curve.png                     when a loss curve is given
+
+Training writes its best model with `save_hub_folder`; the converters in conversion.py write theirs with
+`staged_folder` + `write_hub_folder`, so that they can check the written files before they replace anything.
+"""
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card.md")  # the repo's top-level model_card.md links here
+DATASET_ID = "roneneldan/TinyStories"
+LICENSE = "mit"
+TAGS = ["tinystories", "gpt", "nanogpt", "story-generation"]
+LOSS_CURVE_NAME = "loss_curve.png"
+HUB_FOLDER_FILES = ("config.json", "model.safetensors", "generation_config.json", "README.md")
+# Stories want variety but not nonsense: nanoGPT's sample.py defaults.
+TEMPERATURE = 0.8
+TOP_K = 200
+PROMPT_ROOM = 4  # a generation default must leave part of the context for the prompt
+
+
+# 1. Writing a folder without ever leaving a half-written one --------------------------------------------------
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing `output_dir` unless `overwrite`; called before any slow work."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise ValueError(f"output folder {output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output path {output_dir} is a file, not a folder; pick another output folder")
+    return output_dir
+
+
+@contextmanager
+def staged_folder(output_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty sibling folder to write into; when the block succeeds it takes `output_dir`'s place.
+
+    If the block raises, the staged folder is deleted and `output_dir` is left as it was. An existing
+    `output_dir` (allowed only with `overwrite`) is moved aside, the new folder renamed in, then the old one
+    deleted: at every moment `output_dir` is either the old complete folder, absent, or the new complete one.
+    """
+    output_dir = check_output_dir(output_dir, overwrite).absolute()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if output_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".old", dir=output_dir.parent))
+        os.replace(output_dir, old / output_dir.name)
+    os.replace(staging, output_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+# 2. The folder's contents -------------------------------------------------------------------------------------
+
+
+def story_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """Sampling defaults for stories that fit the model's context and stop at end-of-text."""
+    config = model.config
+    eos_token_id = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id
+    return GenerationConfig(
+        do_sample=True,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        # The model refuses prompt + new tokens beyond block_size, so a default of block_size new tokens would
+        # fail for every prompt; three quarters leaves room for a sentence-long prompt.
+        max_new_tokens=max(1, min(config.block_size - PROMPT_ROOM, config.block_size * 3 // 4)),
+        bos_token_id=config.bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
+def eval_results(metrics: dict | None) -> list[EvalResult]:
+    """The card's `model-index` entries: validation loss, perplexity and bits per byte, where measured."""
+    results = []
+    for metric_type, metric_name, value in card_results(metrics):
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Text Generation",
+                dataset_type=DATASET_ID,
+                dataset_name="TinyStories",
+                dataset_split="validation",
+                metric_type=metric_type,
+                metric_name=metric_name,
+                metric_value=value,
+            )
+        )
+    return results
+
+
+def card_results(metrics: dict | None) -> list[tuple[str, str, float]]:
+    """(metric type, display name, value) for each measured metric.
+
+    `loss` is the validation loss in nats per token (training's early records call it `val_loss`);
+    perplexity is exp(loss) unless given.
+    """
+    if not metrics:
+        return []
+    loss = metrics.get("loss", metrics.get("val_loss"))
+    perplexity = metrics.get("perplexity", math.exp(loss) if loss is not None else None)
+    measured = [
+        ("loss", "Validation loss (nats/token)", loss),
+        ("perplexity", "Perplexity", perplexity),
+        ("bits_per_byte", "Bits per byte", metrics.get("bits_per_byte")),
+    ]
+    return [(kind, name, round(float(value), 4)) for kind, name, value in measured if value is not None]
+
+
+def render_model_card(
+    model: PreTrainedModel,
+    generation_config: GenerationConfig,
+    *,
+    metrics: dict | None = None,
+    training: dict | None = None,
+    samples: list[str] | None = None,
+    loss_curve: str | None = None,
+    repo_id: str | None = None,
+    template_path: str | Path = TEMPLATE_PATH,
+) -> ModelCard:
+    """The model card: Hub metadata (with `model-index` from `metrics`) and the template's sections."""
+    config = model.config
+    model_name = repo_id.split("/")[-1] if repo_id else "tinystories-gpt"
+    results = eval_results(metrics)
+    card_data = ModelCardData(
+        model_name=model_name,
+        license=LICENSE,
+        language="en",
+        datasets=[DATASET_ID],
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=TAGS,
+        metrics=[result.metric_type for result in results] or None,
+        eval_results=results or None,
+    )
+    architecture = {
+        name: getattr(config, name)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "activation_function")
+    }
+    architecture["tied output head"] = config.tie_word_embeddings
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=model_name,
+        model_id=repo_id or "path/to/this/folder",
+        dataset_id=DATASET_ID,
+        num_parameters=model.num_parameters(),
+        architecture=architecture,
+        training=training or {},
+        results={name: value for _, name, value in card_results(metrics)} | _counts(metrics),
+        samples=samples or [],
+        loss_curve=loss_curve,
+        generation=generation_config,
+    )
+
+
+def _counts(metrics: dict | None) -> dict:
+    """The evaluation's size, when recorded, shown beside the results."""
+    names = {"tokens": "validation tokens", "bytes": "validation bytes", "step": "step"}
+    return {label: metrics[key] for key, label in names.items() if metrics and key in metrics}
+
+
+def write_hub_folder(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: str | Path,
+    *,
+    metrics: dict | None = None,
+    training: dict | None = None,
+    loss_curve: str | Path | None = None,
+    samples: list[str] | None = None,
+    repo_id: str | None = None,
+) -> None:
+    """Write the Hub-ready files into `folder` in place (no atomicity: see `save_hub_folder`)."""
+    folder = Path(folder)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}; "
+            "save the tokenizer the model was trained with"
+        )
+    if loss_curve is not None and not Path(loss_curve).is_file():
+        raise FileNotFoundError(f"loss curve {loss_curve} does not exist; pass loss_curve=None to leave it out")
+
+    model.save_pretrained(folder)  # weights, config.json with auto_map, and the code (registered on import)
+    tokenizer.save_pretrained(folder)
+    generation_config = story_generation_config(model, tokenizer)
+    generation_config.save_pretrained(folder)  # replaces the plain one save_pretrained wrote
+    if loss_curve is not None:
+        shutil.copyfile(loss_curve, folder / LOSS_CURVE_NAME)
+    card = render_model_card(
+        model,
+        generation_config,
+        metrics=metrics,
+        training=training,
+        samples=samples,
+        loss_curve=LOSS_CURVE_NAME if loss_curve is not None else None,
+        repo_id=repo_id,
+    )
+    card.save(folder / "README.md")
+
+
+def save_hub_folder(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: str | Path,
+    *,
+    metrics: dict | None = None,
+    training: dict | None = None,
+    loss_curve: str | Path | None = None,
+    samples: list[str] | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a Hub-ready folder for `model` and `tokenizer` at `output_dir`, atomically; returns the folder.
+
+    Args:
+        metrics: validation figures for the card and its `model-index`: `loss` (nats/token; `val_loss` is
+            accepted too), `perplexity`, `bits_per_byte`, and optionally `tokens`, `bytes`, `step`.
+        training: the recipe, shown as a table in the card (any keys; values printed as they are).
+        loss_curve: an image copied into the folder as loss_curve.png and shown in the card.
+        samples: stories shown in the card.
+        repo_id: the Hub repo the folder is meant for, used in the card's title and usage snippet.
+        overwrite: replace an existing `output_dir` (only once the new folder is complete).
+    """
+    with staged_folder(output_dir, overwrite) as staging:
+        write_hub_folder(
+            model,
+            tokenizer,
+            staging,
+            metrics=metrics,
+            training=training,
+            loss_curve=loss_curve,
+            samples=samples,
+            repo_id=repo_id,
+        )
+    return Path(output_dir)
+
+
+# 3. Upload ----------------------------------------------------------------------------------------------------
+
+
+def check_hub_folder(model_dir: str | Path) -> Path:
+    """Refuse a folder that is not Hub-ready (for example a training checkpoint), naming the missing files."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist; write one with convert.py or train.py")
+    missing = [name for name in HUB_FOLDER_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"{model_dir} is not a Hub-ready folder: it lacks {', '.join(missing)}. Convert it first "
+            "(convert.py nanogpt / checkpoint) or push the best/ folder that train.py writes"
+        )
+    return model_dir
+
+
+def push_to_hub(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload TinyStories GPT",
+    token: str | None = None,
+) -> str:
+    """Upload a Hub-ready folder, exactly as it is on disk, to the model repo `repo_id`; returns the commit URL.
+
+    The repo is created if needed (`private=None` keeps an existing repo's visibility; new repos are public),
+    and so is the branch `revision`. The token comes from `token`, `HF_TOKEN` or `hf auth login`.
+    """
+    model_dir = check_hub_folder(model_dir)
+    if repo_id.count("/") != 1:
+        raise ValueError(f"repo id {repo_id!r} must look like user/name (or org/name)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=model_dir, revision=revision, commit_message=commit_message)
+    return commit.commit_url
+
+
+__all__ = ["push_to_hub", "render_model_card", "save_hub_folder", "staged_folder", "write_hub_folder"]
