@@ -230,5 +230,6 @@ def test_text_generation_pipeline_with_the_gpt2_tokenizer(tmp_path):
     AutoTokenizer.from_pretrained(GPT2_TOKENIZER_DIR).save_pretrained(tmp_path)
     generator = pipeline("text-generation", model=str(tmp_path))
     assert isinstance(generator.model, TinyStoriesGPTForCausalLM)
-    text = generator("Once upon a time there was a pumpkin.", max_new_tokens=8, do_sample=False)[0]["generated_text"]
-    assert text.startswith("Once upon a time there was a pumpkin.") and len(text) > len("Once upon a time there was a pumpkin.")
+    prompt = "Once upon a time there was a pumpkin."
+    text = generator(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith(prompt) and len(text) > len(prompt)
