@@ -7,14 +7,22 @@ routes that `hf_hub_download`, `snapshot_download`, `from_pretrained` and `datas
     GET       /api/{models,datasets}/{repo}/tree/{rev}[/{dir}]      file listing (?recursive=true)
     HEAD/GET  [/datasets]/{repo}/resolve/{rev}/{path}              file, with ETag / X-Repo-Commit / Content-Length
 
+and the push routes that `HfApi.create_repo` + `upload_folder` (and `push_to_hub`) use:
+
+    POST      /api/repos/create                                     create a repo (409 if it exists)
+    POST      /api/validate-yaml                                    README.md metadata check
+    POST      /api/{models,datasets}/{repo}/preupload/{rev}        every file goes "regular" (inline, no LFS)
+    POST      /api/{models,datasets}/{repo}/commit/{rev}           NDJSON commit: added and deleted files
+
 Anything else answers 404 with `X-Error-Code: EntryNotFound`, which is how the Hub says "no such file", so
-probes for optional files (README.md, dataset_infos.json, ...) fall through cleanly. More routes (e.g. the
-push routes) are added with `FakeHub.add_route`; `FakeHub.requests` records every request for assertions.
+probes for optional files (README.md, dataset_infos.json, ...) fall through cleanly. More routes are added with
+`FakeHub.add_route`; `FakeHub.requests` records every request for assertions.
 
 Use the `fake_hub` fixture: it installs the hub as huggingface_hub's HTTP client for one test and restores the
 default client afterwards.
 """
 
+import base64
 import hashlib
 import json
 import re
@@ -50,6 +58,7 @@ class FakeRepo:
     repo_id: str
     repo_type: str
     files: dict[str, bytes] = field(default_factory=dict)
+    private: bool = False
 
     @property
     def sha(self) -> str:
@@ -73,6 +82,10 @@ class FakeHub:
         self.add_route(
             "HEAD GET", rf"(?:/(?P<type>datasets))?/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve
         )
+        self.add_route("POST", r"/api/repos/create", self._create_repo)
+        self.add_route("POST", r"/api/validate-yaml", self._validate_yaml)
+        self.add_route("POST", rf"/api/{types}/{REPO}/preupload/(?P<rev>[^/]+)", self._preupload)
+        self.add_route("POST", rf"/api/{types}/{REPO}/commit/(?P<rev>[^/]+)", self._commit)
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], repo_type: str = "model") -> FakeRepo:
         """Create (or replace) a repo holding `files` ({path in repo: content})."""
@@ -134,7 +147,7 @@ class FakeHub:
         info = {
             "id": repo.repo_id,
             "sha": repo.sha,
-            "private": False,
+            "private": repo.private,
             "lastModified": "2024-01-01T00:00:00.000Z",
             "tags": [],
             "siblings": [{"rfilename": path} for path in sorted(repo.files)],
@@ -177,6 +190,44 @@ class FakeHub:
             "Content-Type": "application/octet-stream",
         }
         return httpx.Response(200, headers=headers, content=content if request.method == "GET" else b"")
+
+    # -- push routes --------------------------------------------------------------------------------------------
+
+    def _create_repo(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
+        payload = json.loads(request.content)
+        repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        repo_type = payload.get("type") or "model"
+        if (repo_type, repo_id) in self.repos:
+            return httpx.Response(409, json={"error": "You already created this model repo", "url": repo_id})
+        self.add_repo(repo_id, {}, repo_type).private = payload.get("visibility") == "private"
+        return httpx.Response(200, json={"url": f"{self.endpoint}/{repo_id}", "name": repo_id})
+
+    def _validate_yaml(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
+        return httpx.Response(200, json={"errors": [], "warnings": []})
+
+    def _preupload(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
+        repo = self._lookup(groups)
+        if isinstance(repo, httpx.Response):
+            return repo
+        files = json.loads(request.content)["files"]
+        modes = [{"path": file["path"], "uploadMode": "regular", "shouldIgnore": False} for file in files]
+        return httpx.Response(200, json={"files": modes})
+
+    def _commit(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
+        """Apply an NDJSON commit (header, then `file` / `deletedFile` lines); LFS files are not served."""
+        repo = self._lookup(groups)
+        if isinstance(repo, httpx.Response):
+            return repo
+        for line in request.content.splitlines():
+            item = json.loads(line)
+            if item["key"] == "file":
+                repo.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "deletedFile":
+                repo.files.pop(item["value"]["path"], None)
+            elif item["key"] != "header":
+                return httpx.Response(400, json={"error": f"the fake Hub does not take {item['key']} commits"})
+        commit = {"commitUrl": f"{self.endpoint}/{repo.repo_id}/commit/{repo.sha}", "commitOid": repo.sha}
+        return httpx.Response(200, json=commit | {"pullRequestUrl": None})
 
 
 @pytest.fixture
