@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.activations import ACT2FN
 
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
@@ -235,8 +242,8 @@ def check_logits(actual: torch.Tensor, expected: torch.Tensor, what: str) -> flo
     if not difference <= tolerance:  # also catches NaN
         raise ValueError(
             f"logits check failed: {what} differs from the source by up to {difference:.3g} (tolerance "
-            f"{tolerance:.3g}), so the weights were not mapped faithfully; nothing was written. Check --n_head "
-            "and that the checkpoint is a nanoGPT-style GPT (pre-LayerNorm, exact GELU, fused QKV)"
+            f"{tolerance:.3g}), so the weights were not mapped faithfully; nothing was written. Check that the "
+            "checkpoint is a nanoGPT-style GPT (pre-LayerNorm blocks, exact GELU, fused QKV, learned positions)"
         )
     return difference
 
@@ -394,7 +401,7 @@ def export_gpt2(model_dir: str | Path, output_dir: str | Path, *, overwrite: boo
         gpt2.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         if (Path(model_dir) / "generation_config.json").is_file():
-            gpt2.generation_config.from_pretrained(model_dir).save_pretrained(staging)
+            GenerationConfig.from_pretrained(model_dir).save_pretrained(staging)  # the same sampling defaults
         reloaded = GPT2LMHeadModel.from_pretrained(staging, dtype=torch.float64)
         check_logits(float64_logits(reloaded, input_ids), expected, "the exported GPT-2 model")
     return Path(output_dir)
@@ -444,7 +451,7 @@ def import_gpt2(gpt2_dir: str | Path, output_dir: str | Path, *, overwrite: bool
     check_output_dir(output_dir, overwrite)
     gpt2, tokenizer = _load_pretrained(gpt2_dir, GPT2LMHeadModel, "gpt2")
     config = TinyStoriesGPTConfig(**tinystories_config_from_gpt2(gpt2.config))
-    state_dict = {name: tensor for name, tensor in transpose_conv1d(gpt2.state_dict()).items()}
+    state_dict = transpose_conv1d(gpt2.state_dict())
     if config.tie_word_embeddings:
         state_dict.pop(HEAD)
     model = model_from_state_dict(state_dict, config, config.tie_word_embeddings)
