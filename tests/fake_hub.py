@@ -10,6 +10,7 @@ routes that `hf_hub_download`, `snapshot_download`, `from_pretrained` and `datas
 and the push routes that `HfApi.create_repo` + `upload_folder` (and `push_to_hub`) use:
 
     POST      /api/repos/create                                     create a repo (409 if it exists)
+    POST      /api/{models,datasets}/{repo}/branch/{branch}        branch off main (409 if it exists)
     POST      /api/validate-yaml                                    README.md metadata check
     POST      /api/{models,datasets}/{repo}/preupload/{rev}        every file goes "regular" (inline, no LFS)
     POST      /api/{models,datasets}/{repo}/commit/{rev}           NDJSON commit: added and deleted files
@@ -59,6 +60,7 @@ class FakeRepo:
     repo_type: str
     files: dict[str, bytes] = field(default_factory=dict)
     private: bool = False
+    branches: dict[str, "FakeRepo"] = field(default_factory=dict)  # revisions other than main
 
     @property
     def sha(self) -> str:
@@ -83,6 +85,7 @@ class FakeHub:
             "HEAD GET", rf"(?:/(?P<type>datasets))?/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve
         )
         self.add_route("POST", r"/api/repos/create", self._create_repo)
+        self.add_route("POST", rf"/api/{types}/{REPO}/branch/(?P<branch>[^/]+)", self._create_branch)
         self.add_route("POST", r"/api/validate-yaml", self._validate_yaml)
         self.add_route("POST", rf"/api/{types}/{REPO}/preupload/(?P<rev>[^/]+)", self._preupload)
         self.add_route("POST", rf"/api/{types}/{REPO}/commit/(?P<rev>[^/]+)", self._commit)
@@ -134,9 +137,11 @@ class FakeHub:
         repo = self.repo(groups)
         if repo is None:
             return not_found("RepoNotFound", f"repository {groups['repo']} not found")
-        if groups.get("rev", "main") not in ("main", repo.sha):
-            return not_found("RevisionNotFound", f"revision {groups['rev']} not found in {repo.repo_id}")
-        return repo
+        revision = groups.get("rev", "main")
+        for name, branch in {"main": repo, **repo.branches}.items():
+            if revision in (name, branch.sha):
+                return branch
+        return not_found("RevisionNotFound", f"revision {revision} not found in {repo.repo_id}")
 
     # -- read routes --------------------------------------------------------------------------------------------
 
@@ -201,6 +206,15 @@ class FakeHub:
             return httpx.Response(409, json={"error": "You already created this model repo", "url": repo_id})
         self.add_repo(repo_id, {}, repo_type).private = payload.get("visibility") == "private"
         return httpx.Response(200, json={"url": f"{self.endpoint}/{repo_id}", "name": repo_id})
+
+    def _create_branch(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
+        repo = self.repo(groups)
+        if repo is None:
+            return not_found("RepoNotFound", f"repository {groups['repo']} not found")
+        if groups["branch"] in repo.branches:
+            return httpx.Response(409, json={"error": f"branch {groups['branch']} already exists"})
+        repo.branches[groups["branch"]] = FakeRepo(repo.repo_id, repo.repo_type, dict(repo.files))
+        return httpx.Response(200, json={})
 
     def _validate_yaml(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
         return httpx.Response(200, json={"errors": [], "warnings": []})

@@ -212,6 +212,14 @@ def test_push_then_pull_by_repo_id(hub_folder, model, fake_hub, hf_cache):
     assert fake_hub.repos["model", "user/tiny-stories"].private
 
 
+def test_push_to_a_branch_leaves_main_alone(hub_folder, model, fake_hub, hf_cache):
+    push_to_hub(hub_folder, "user/tiny-stories", revision="candidate")
+    repo = fake_hub.repos["model", "user/tiny-stories"]
+    assert repo.files == {} and set(repo.branches["candidate"].files) == {path.name for path in hub_folder.iterdir()}
+    pulled = AutoModelForCausalLM.from_pretrained("user/tiny-stories", revision="candidate", trust_remote_code=True)
+    torch.testing.assert_close(logits(pulled), logits(model))
+
+
 def test_push_refuses_a_folder_that_is_not_hub_ready(tmp_path, fake_hub):
     (tmp_path / "step_8").mkdir()
     (tmp_path / "step_8" / "model.safetensors").write_bytes(b"")
