@@ -385,16 +385,22 @@ def transpose_conv1d(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     }
 
 
-def export_gpt2(model_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Export a saved TinyStoriesGPT folder as a native GPT2LMHeadModel folder (no custom code); returns it."""
-    check_output_dir(output_dir, overwrite)
-    model, tokenizer = _load_pretrained(model_dir, TinyStoriesGPTForCausalLM, "tinystories_gpt")
+def to_gpt2(model: TinyStoriesGPTForCausalLM) -> GPT2LMHeadModel:
+    """The same network as a GPT2LMHeadModel, weights copied into GPT-2's Conv1D layout."""
     gpt2 = GPT2LMHeadModel(gpt2_config_from(model.config)).eval()
     weights = transpose_conv1d(model.state_dict())
     for name, tensor in gpt2.state_dict().items():
         if name.endswith(".bias") and name not in weights:
             weights[name] = torch.zeros_like(tensor)  # a bias-free layer is the same layer with zero bias
     gpt2.load_state_dict(weights, strict=True)
+    return gpt2
+
+
+def export_gpt2(model_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Export a saved TinyStoriesGPT folder as a native GPT2LMHeadModel folder (no custom code); returns it."""
+    check_output_dir(output_dir, overwrite)
+    model, tokenizer = _load_pretrained(model_dir, TinyStoriesGPTForCausalLM, "tinystories_gpt")
+    gpt2 = to_gpt2(model)
     input_ids = probe_input_ids(model.config.vocab_size, model.config.block_size)
     expected = float64_logits(model, input_ids)
     with staged_folder(output_dir, overwrite) as staging:

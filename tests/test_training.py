@@ -1,0 +1,296 @@
+"""The training loop end to end on the bundled data, plus its recipe pieces and bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from tinystories_gpt.training import (
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    learning_rate_at,
+    parse_args,
+    resolve_mixed_precision,
+    train,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data" / "tinystories"
+TINY_MODEL = ["--block_size", "32", "--n_layer", "2", "--n_head", "2", "--n_embd", "32"]
+
+
+def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
+    """A run of seconds: a 512-token BPE, a 2-layer model, cached tokens shared across the test session."""
+    return [
+        "--dataset",
+        str(DATA),
+        "--tokenizer",
+        "bpe:512",
+        "--cache_dir",
+        str(tmp_path.parent / "token-cache"),
+        *TINY_MODEL,
+        "--batch_size",
+        "8",
+        "--gradient_accumulation_steps",
+        "2",
+        "--max_iters",
+        "8",
+        "--warmup_steps",
+        "2",
+        "--learning_rate",
+        "3e-3",
+        "--min_lr",
+        "3e-4",
+        "--eval_interval",
+        "4",
+        "--eval_iters",
+        "4",
+        "--checkpoint_interval",
+        "4",
+        "--num_samples",
+        "1",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--seed",
+        "7",
+        "--mixed_precision",
+        "no",
+        "--cpu",
+        *extra,
+    ]
+
+
+def run_cli(*argv: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    args = TrainingArguments(learning_rate=1e-3, min_lr=1e-4, warmup_steps=10, max_iters=110)
+    assert learning_rate_at(0, args) == pytest.approx(1e-3 / 11)
+    assert learning_rate_at(9, args) == pytest.approx(1e-3 * 10 / 11)
+    assert learning_rate_at(10, args) == pytest.approx(1e-3)
+    assert learning_rate_at(60, args) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert learning_rate_at(110, args) == pytest.approx(1e-4)
+    rates = [learning_rate_at(step, args) for step in range(10, 111)]
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
+
+
+def test_presets_load_and_flags_override_them():
+    model_args, data_args, args = parse_args(["--config", str(REPO / "configs" / "seed.yaml"), "--max_iters", "2000"])
+    assert (model_args.n_layer, model_args.n_head, model_args.n_embd, model_args.block_size) == (6, 6, 384, 128)
+    assert (args.batch_size, args.gradient_accumulation_steps, args.learning_rate) == (32, 32, 1e-4)
+    assert (args.warmup_steps, args.eval_interval, args.eval_iters, args.min_lr) == (1000, 500, 500, 1e-5)
+    assert data_args.dataset == "roneneldan/TinyStories" and args.max_iters == 2000
+    _, _, quick = parse_args(["--config", str(REPO / "configs" / "quickstart.yaml")])
+    assert quick.max_iters > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--learning_rate", "1e-4", "--min_lr", "5e-4"], "min_lr"),
+        (["--batch_size", "0"], "batch_size"),
+        (["--warmup_steps", "30", "--max_iters", "20"], "warmup_steps"),
+        (["--mixed_precision", "fp8"], "mixed_precision"),
+        (["--report_to", "mlflow"], "report_to"),
+        (["--push_to_hub"], "hub_model_id"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(argv)
+
+
+def test_unknown_preset_keys_are_named(tmp_path):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("n_layer: 2\nlearnin_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learnin_rate"):
+        parse_args(["--config", str(preset)])
+
+
+def test_mixed_precision_auto_and_fp16_on_cpu():
+    assert resolve_mixed_precision("no", use_cuda=False) == "no"
+    assert resolve_mixed_precision("auto", use_cuda=False) in ("bf16", "no")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        resolve_mixed_precision("fp16", use_cuda=False)
+
+
+def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
+    model_args, data_args, args = parse_args(tiny_args(tmp_path, "--max_iters", "24", "--eval_interval", "8"))
+    result = train(model_args, data_args, args)
+    run = Path(args.output_dir)
+
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in metrics] == [8, 16, 24]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"]
+    assert (run / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+    assert (run / "samples.md").read_text().count("## step") == 3
+    assert result["bits_per_byte"] > 0 and result["tokens"] > 0
+
+    best = run / "best"
+    model = AutoModelForCausalLM.from_pretrained(best)
+    tokenizer = AutoTokenizer.from_pretrained(best)
+    assert len(tokenizer) <= model.config.vocab_size and model.config.eos_token_id == tokenizer.eos_token_id
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    text = generator("Once upon a time", max_new_tokens=10, do_sample=False)[0]["generated_text"]
+    assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["step_20", "step_24"]  # keep_checkpoints=2
+
+
+def test_output_dir_holding_another_run_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        train(*parse_args(tiny_args(tmp_path)))
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        train(*parse_args(tiny_args(tmp_path, "--dataset", str(tmp_path / "no-such-folder"))))
+
+
+def test_tokenizer_larger_than_vocab_size_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        train(*parse_args(tiny_args(tmp_path, "--vocab_size", "300")))
+
+
+def test_resume_from_a_checkpoint_of_another_shape_is_refused(tmp_path):
+    train(*parse_args(tiny_args(tmp_path, "--max_iters", "4")))
+    with pytest.raises(ValueError, match="n_embd: checkpoint 32 vs now 64"):
+        train(*parse_args(tiny_args(tmp_path, "--resume", "--n_embd", "64")))
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    result = run_cli("--min_lr", "1", "--learning_rate", "0.1", "--output_dir", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("train.py: error: min_lr (1.0)")
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
+    """Interrupted + resumed must end with exactly the weights and optimizer of the run never interrupted."""
+    recipe = ["--max_iters", "12", "--checkpoint_interval", "2", "--eval_interval", "6", "--dropout", "0.1"]
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    result = run_cli(*tiny_args(whole, *recipe))
+    assert result.returncode == 0, result.stderr
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *tiny_args(broken, *recipe)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = broken / "run" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not any(checkpoints.glob("step_*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    interrupted_at = max(int(path.name.removeprefix("step_")) for path in checkpoints.glob("step_*"))
+    assert interrupted_at < 12, "the run finished before the signal arrived; nothing was tested"
+
+    result = run_cli(*tiny_args(broken, *recipe, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from {checkpoints / f'step_{interrupted_at}'}" in result.stdout
+
+    expected, actual = whole / "run" / "checkpoints" / "step_12", checkpoints / "step_12"
+    assert_same_tensors(load_file(expected / "model.safetensors"), load_file(actual / "model.safetensors"))
+    assert_same_tensors(optimizer_tensors(expected), optimizer_tensors(actual))
+    assert losses(whole / "run") == losses(broken / "run")
+
+
+def assert_same_tensors(expected: dict, actual: dict) -> None:
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def optimizer_tensors(checkpoint: Path) -> dict:
+    state = torch.load(checkpoint / "optimizer.bin", weights_only=True)["state"]
+    return {f"{index}.{name}": value for index, tensors in state.items() for name, value in tensors.items()}
+
+
+def losses(run: Path) -> list[tuple]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(record["step"], record["train_loss"], record["val_loss"]) for record in records]
+
+
+def test_two_processes_match_one_process_with_accumulation(tmp_path):
+    """2 processes x accumulation 1 update the weights as 1 process x accumulation 2 does, on the same windows."""
+    recipe = ["--max_iters", "4", "--eval_interval", "4", "--checkpoint_interval", "4", "--dropout", "0"]
+    single = tmp_path / "single"
+    single.mkdir()
+    result = run_cli(*tiny_args(single, *recipe, "--gradient_accumulation_steps", "2"))
+    assert result.returncode == 0, result.stderr
+
+    double = tmp_path / "double"
+    double.mkdir()
+    # the shipped multi-GPU config, on CPU: our --cpu makes each rank use gloo (`accelerate launch --cpu
+    # --num_processes 2` would start one process only)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate/ddp.yaml"),
+    ]
+    command += ["--num_processes", "2", "--main_process_port", "29517", str(REPO / "train.py")]
+    command += tiny_args(double, *recipe, "--gradient_accumulation_steps", "1")
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "x 2 processes" in result.stdout
+
+    expected = load_file(single / "run" / "checkpoints" / "step_4" / "model.safetensors")
+    actual = load_file(double / "run" / "checkpoints" / "step_4" / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    # only the main process wrote the run's files: one metrics line per evaluation
+    assert len((double / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_training_arguments_are_dataclasses_with_the_seed_names():
+    names = {f for cls in (ModelArguments, DataArguments, TrainingArguments) for f in cls.__dataclass_fields__}
+    for name in (
+        "batch_size gradient_accumulation_steps max_iters eval_interval eval_iters learning_rate min_lr "
+        "warmup_steps block_size n_layer n_head n_embd dropout bias dataset tokenizer output_dir seed "
+        "checkpoint_interval keep_checkpoints mixed_precision weight_decay beta1 beta2 grad_clip compile "
+        "report_to resume push_to_hub hub_model_id"
+    ).split():
+        assert name in names, name
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED")]
+)
+def test_shipped_accelerate_configs_load(name, distributed_type):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from tinystories_gpt import modeling_tinystories_gpt
+
+    config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == distributed_type and config.mixed_precision == "bf16"
+    if name == "fsdp":  # the block class FSDP wraps must exist under that name
+        assert hasattr(modeling_tinystories_gpt, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
+    if name == "deepspeed_zero2":  # DeepSpeed owns accumulation and clipping: they must match the seed preset
+        _, _, seed = parse_args(["--config", str(REPO / "configs" / "seed.yaml")])
+        assert config.deepspeed_config["gradient_accumulation_steps"] == seed.gradient_accumulation_steps
+        assert config.deepspeed_config["gradient_clipping"] == seed.grad_clip
