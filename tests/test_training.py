@@ -17,7 +17,9 @@ from tinystories_gpt.training import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
+    TrainingDiverged,
     learning_rate_at,
+    next_token_loss,
     parse_args,
     resolve_mixed_precision,
     train,
@@ -69,14 +71,9 @@ def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_cli(*argv: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *argv],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        **kwargs,
-    )
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    # run from the checkout, as the README does: the presets name data/tinystories relative to it
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *argv], capture_output=True, text=True, cwd=REPO)
 
 
 def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_min_lr():
@@ -131,7 +128,8 @@ def test_mixed_precision_auto_and_fp16_on_cpu():
 
 
 def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
-    model_args, data_args, args = parse_args(tiny_args(tmp_path, "--max_iters", "24", "--eval_interval", "8"))
+    argv = tiny_args(tmp_path, "--max_iters", "24", "--eval_interval", "8", "--report_to", "tensorboard")
+    model_args, data_args, args = parse_args(argv)
     result = train(model_args, data_args, args)
     run = Path(args.output_dir)
 
@@ -140,6 +138,8 @@ def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"]
     assert (run / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     assert (run / "samples.md").read_text().count("## step") == 3
+    assert list((run / "logs").rglob("events.out.tfevents.*")), "tensorboard got no events"
+    assert json.loads((run / "final_metrics.json").read_text())["bits_per_byte"] == result["bits_per_byte"]
     assert result["bits_per_byte"] > 0 and result["tokens"] > 0
 
     best = run / "best"
@@ -294,3 +294,51 @@ def test_shipped_accelerate_configs_load(name, distributed_type):
         _, _, seed = parse_args(["--config", str(REPO / "configs" / "seed.yaml")])
         assert config.deepspeed_config["gradient_accumulation_steps"] == seed.gradient_accumulation_steps
         assert config.deepspeed_config["gradient_clipping"] == seed.grad_clip
+
+
+def test_quickstart_preset_runs_shortened(tmp_path):
+    """The README's quickstart command, cut to a few steps: it ends with a story and the output listing."""
+    output_dir = tmp_path / "quickstart"
+    result = run_cli(
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--max_iters",
+        "12",
+        "--warmup_steps",
+        "2",
+        "--eval_interval",
+        "6",
+        "--eval_iters",
+        "2",
+        "--output_dir",
+        str(output_dir),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "token budget: 12 steps" in result.stdout
+    assert "the best model's story for 'Once upon a time there was a pumpkin.'" in result.stdout
+    assert "bits per byte" in result.stdout and f"{output_dir}/" in result.stdout
+    for name in ("best", "checkpoints", "metrics.jsonl", "final_metrics.json", "loss_curve.png", "samples.md"):
+        assert (output_dir / name).exists(), name
+    assert "tinystories" in (output_dir / "best" / "README.md").read_text()
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from tinystories_gpt import training
+
+    calls = []
+
+    def loss_turning_nan(model, inputs, targets):  # the 5th optimizer step (micro-batches 9, 10) sees NaN
+        calls.append(None)
+        loss = next_token_loss(model, inputs, targets)
+        return loss * float("nan") if len(calls) > 8 else loss
+
+    monkeypatch.setattr(training, "next_token_loss", loss_turning_nan)
+    argv = tiny_args(tmp_path, "--max_iters", "12", "--checkpoint_interval", "2", "--eval_interval", "12")
+    with pytest.raises(TrainingDiverged, match=r"The training loss became nan at step 4") as raised:
+        train(*parse_args(argv))
+    # step_4 holds the weights whose loss was NaN: set aside, so --resume restarts from step_2
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == [".step_4.diverged", "step_2"]
+    assert f"The last good checkpoint is {checkpoints / 'step_2'}" in str(raised.value)

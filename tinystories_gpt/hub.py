@@ -26,8 +26,9 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .data import DEFAULT_DATASET as DATASET_ID
+
 TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card.md")  # the repo's top-level model_card.md links here
-DATASET_ID = "roneneldan/TinyStories"
 LICENSE = "mit"
 TAGS = ["tinystories", "gpt", "nanogpt", "story-generation"]
 LOSS_CURVE_NAME = "loss_curve.png"

@@ -26,7 +26,7 @@ from transformers import HfArgumentParser, PreTrainedTokenizerFast
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
 from .data import TokenFile, WindowSampler, fixed_eval_batches, prepare_data
 from .evaluation import evaluate_split
-from .hub import push_to_hub, save_hub_folder
+from .hub import TEMPERATURE, TOP_K, push_to_hub, save_hub_folder
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .tokenization import check_vocab_fits
 
@@ -384,6 +384,18 @@ def check_checkpoint_matches(checkpoint: Path, config: TinyStoriesGPTConfig) -> 
         )
 
 
+def set_aside_diverged(checkpoints_dir: Path, step: int, accelerator: Accelerator) -> str:
+    """Hide a checkpoint of the weights that just gave a non-finite loss, so --resume takes the one before.
+
+    It is renamed, not deleted: nothing a run wrote is lost. Returns the newest checkpoint left, for the message.
+    """
+    diverged = checkpoints_dir / f"step_{step}"
+    if accelerator.is_main_process and diverged.is_dir():
+        os.replace(diverged, checkpoints_dir / f".step_{step}.diverged")
+    accelerator.wait_for_everyone()
+    return str(newest_checkpoint(checkpoints_dir) or "none (no checkpoint was written yet)")
+
+
 class StopSignal:
     """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next optimizer step."""
 
@@ -447,8 +459,8 @@ def sample_stories(model, tokenizer, num_samples: int, seed: int, prompt: str = 
             prompt_ids.expand(num_samples, -1),
             attention_mask=torch.ones_like(prompt_ids).expand(num_samples, -1),
             do_sample=True,
-            temperature=0.8,
-            top_k=200,
+            temperature=TEMPERATURE,
+            top_k=TOP_K,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.eos_token_id,
         )
@@ -525,10 +537,9 @@ def optimizer_step(model, optimizer, state: RunState, args: TrainingArguments, a
         loss_sum += loss.detach()
     step_loss = (loss_sum / args.gradient_accumulation_steps).item()  # one host sync per optimizer step
     if not math.isfinite(step_loss):
-        last_good = newest_checkpoint(args.checkpoints_dir)
         raise TrainingDiverged(
-            f"The training loss became {step_loss} at step {state.step}; the weights were not updated. "
-            f"The last good checkpoint is {last_good or 'none (no checkpoint was written yet)'}. Lower "
+            f"The training loss became {step_loss} at step {state.step}; the weights were not updated. The last "
+            f"good checkpoint is {set_aside_diverged(args.checkpoints_dir, state.step, accelerator)}. Lower "
             "--learning_rate or raise --warmup_steps, then start again (or --resume)."
         )
     if args.grad_clip > 0:
@@ -636,7 +647,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                     record["mfu"] = flops_per_token * mean_tokens_per_second / (peak * accelerator.num_processes)
                 accelerator.log(record, step=state.step)
                 if accelerator.is_main_process:
-                    on_evaluation(record, state, accelerator.unwrap_model(model), tokenizer, data, args)
+                    on_evaluation(
+                        record, state, accelerator.unwrap_model(model, keep_torch_compile=False), tokenizer, data, args
+                    )
                 state.best_val_loss = min(state.best_val_loss, record["val_loss"])
                 accelerator.wait_for_everyone()
                 interval_seconds = interval_steps = 0
