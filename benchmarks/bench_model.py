@@ -12,10 +12,10 @@ import statistics
 import time
 
 import torch
-from tinystories_gpt.conversion import to_gpt2
 from transformers import GPT2LMHeadModel
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
+from tinystories_gpt.conversion import to_gpt2
 
 BATCH_SIZE, BLOCK_SIZE, NEW_TOKENS = 8, 128, 100
 
@@ -43,7 +43,7 @@ def timed(function, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -57,7 +57,8 @@ def main() -> None:
 
     seconds = {(name, task): [] for name in models for task in ("train", "generate")}
     for repeat in range(args.repeats + 1):  # the first round warms up allocators and kernels
-        for name, model in models.items():  # interleaved, so both see the same machine load
+        # interleaved, and in alternating order, so both see the same machine load and allocator state
+        for name, model in sorted(models.items(), reverse=repeat % 2 == 1):
             model.train()
             train_seconds = timed(training_step, model, optimizers[name], batch, args.dtype)
             model.eval()

@@ -729,7 +729,7 @@ def finish(accelerator: Accelerator, state: RunState, data, args: TrainingArgume
         return result
     if accelerator.is_main_process:
         best_model = TinyStoriesGPTForCausalLM.from_pretrained(best_dir).to(accelerator.device)
-        final = evaluate_split(best_model, data.val_split, batch_size=4 * args.batch_size)  # no gradients: 4x fits
+        final = evaluate_split(best_model, data.val_split, batch_size=args.batch_size)
         stories = sample_stories(best_model, data.tokenizer, max(args.num_samples, 1), seed=args.seed)
         result.update(final, stories=stories)
         save_hub_folder(
