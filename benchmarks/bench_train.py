@@ -96,13 +96,11 @@ def main() -> None:
             anchor = run_anchor(args.steps, args.batch_size, anchor_precision, Path(workdir))
             rows.append((precision, ours, anchor))
     print(f"seed config (30.0M parameters), batch {args.batch_size} x 128, {args.steps} optimizer steps, CPU")
-    print(
-        f"{'mixed_precision':<16} {'ours tok/s':>11} {'plain tok/s':>12} {'ours/plain':>11} {'peak RSS ours / plain':>24}"
-    )
+    print(f"{'precision':<10} {'ours tok/s':>11} {'plain tok/s':>12} {'ours/plain':>11} {'peak RSS ours / plain':>23}")
     for precision, ours, anchor in rows:
         ratio = ours["tokens_per_second"] / anchor["tokens_per_second"]
         print(
-            f"{precision:<16} {ours['tokens_per_second']:>11,.0f} {anchor['tokens_per_second']:>12,.0f} "
+            f"{precision:<10} {ours['tokens_per_second']:>11,.0f} {anchor['tokens_per_second']:>12,.0f} "
             f"{ratio:>11.2f} {ours['peak_rss_mb']:>12,.0f} / {anchor['peak_rss_mb']:,.0f} MB"
         )
     print(f"({time.perf_counter() - started:.0f} s)")
