@@ -579,7 +579,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, args, fused=use_cuda)
     if args.compile:
-        model = torch.compile(model)
+        model.compile()  # in place, unlike torch.compile(model): checkpoints keep their plain key names
     model, optimizer = accelerator.prepare(model, optimizer)
     state = RunState(data.train_sampler)
     accelerator.register_for_checkpointing(state)
@@ -647,9 +647,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                     record["mfu"] = flops_per_token * mean_tokens_per_second / (peak * accelerator.num_processes)
                 accelerator.log(record, step=state.step)
                 if accelerator.is_main_process:
-                    on_evaluation(
-                        record, state, accelerator.unwrap_model(model, keep_torch_compile=False), tokenizer, data, args
-                    )
+                    on_evaluation(record, state, accelerator.unwrap_model(model), tokenizer, data, args)
                 state.best_val_loss = min(state.best_val_loss, record["val_loss"])
                 accelerator.wait_for_everyone()
                 interval_seconds = interval_steps = 0
