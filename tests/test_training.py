@@ -342,3 +342,15 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(path.name for path in checkpoints.iterdir()) == [".step_4.diverged", "step_2"]
     assert f"The last good checkpoint is {checkpoints / 'step_2'}" in str(raised.value)
+
+
+def test_compiled_training_checkpoints_resume_without_compile(tmp_path):
+    """--compile trains, and its checkpoints keep the plain parameter names, so they resume without it."""
+    recipe = ["--max_iters", "6", "--checkpoint_interval", "3", "--eval_interval", "3"]
+    first = run_cli(*tiny_args(tmp_path, *recipe, "--compile", "--max_iters", "3"))
+    assert first.returncode == 0, first.stderr
+    weights = load_file(tmp_path / "run" / "checkpoints" / "step_3" / "model.safetensors")
+    assert "transformer.wte.weight" in weights and not any(key.startswith("_orig_mod.") for key in weights)
+    resumed = run_cli(*tiny_args(tmp_path, *recipe, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
