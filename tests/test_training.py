@@ -106,6 +106,7 @@ def test_presets_load_and_flags_override_them():
         (["--mixed_precision", "fp8"], "mixed_precision"),
         (["--report_to", "mlflow"], "report_to"),
         (["--push_to_hub"], "hub_model_id"),
+        (["--n_embd", "100", "--n_head", "3"], "n_embd"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(argv, message):

@@ -27,6 +27,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import DEFAULT_DATASET as DATASET_ID
+from .tokenization import check_vocab_fits
 
 TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card.md")  # the repo's top-level model_card.md links here
 LICENSE = "mit"
@@ -201,11 +202,7 @@ def write_hub_folder(
 ) -> None:
     """Write the Hub-ready files into `folder` in place (no atomicity: see `save_hub_folder`)."""
     folder = Path(folder)
-    if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}; "
-            "save the tokenizer the model was trained with"
-        )
+    check_vocab_fits(tokenizer, model.config.vocab_size)
     if loss_curve is not None and not Path(loss_curve).is_file():
         raise FileNotFoundError(f"loss curve {loss_curve} does not exist; pass loss_curve=None to leave it out")
 

@@ -103,8 +103,8 @@ def check_vocab_fits(tokenizer: PreTrainedTokenizerFast, vocab_size: int) -> Non
     if len(tokenizer) > vocab_size:
         rounded = -(-len(tokenizer) // 64) * 64
         raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens (len(tokenizer)) but the model's vocab_size is {vocab_size}, "
-            f"so ids up to {len(tokenizer) - 1} would index past the embedding. Set vocab_size >= {len(tokenizer)} "
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}, so ids up to "
+            f"{len(tokenizer) - 1} would index past the embedding. Set vocab_size >= {len(tokenizer)} "
             f"(e.g. {rounded}, a multiple of 64) or use a smaller tokenizer."
         )
 

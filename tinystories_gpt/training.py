@@ -52,6 +52,14 @@ class ModelArguments:
     bias: bool = field(default=True, metadata={"help": "Biases in Linear and LayerNorm layers."})
     vocab_size: int | None = field(default=None, metadata={"help": "Model vocabulary; default: the tokenizer's."})
 
+    def __post_init__(self):
+        # the config's own checks, now rather than after the data is tokenized (vocab_size is known only then)
+        self.config(vocab_size=self.vocab_size or 1, bos_token_id=None, eos_token_id=None)
+
+    def config(self, **token_fields) -> TinyStoriesGPTConfig:
+        shape = {name: getattr(self, name) for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
+        return TinyStoriesGPTConfig(**shape, **token_fields)
+
 
 @dataclass
 class DataArguments:
@@ -175,17 +183,11 @@ def model_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerFast)
     """The model's config for this tokenizer; its own validation names any impossible shape."""
     vocab_size = model_args.vocab_size or len(tokenizer)
     check_vocab_fits(tokenizer, vocab_size)
-    return TinyStoriesGPTConfig(
+    return model_args.config(
         vocab_size=vocab_size,
         bos_token_id=tokenizer.eos_token_id,  # stories start after an end-of-text, as in the token files
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        block_size=model_args.block_size,
-        n_layer=model_args.n_layer,
-        n_head=model_args.n_head,
-        n_embd=model_args.n_embd,
-        dropout=model_args.dropout,
-        bias=model_args.bias,
     )
 
 
