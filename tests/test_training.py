@@ -107,6 +107,7 @@ def test_presets_load_and_flags_override_them():
         (["--report_to", "mlflow"], "report_to"),
         (["--push_to_hub"], "hub_model_id"),
         (["--n_embd", "100", "--n_head", "3"], "n_embd"),
+        (["--attn_implementation", "flash"], "attn_implementation"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(argv, message):
@@ -151,6 +152,20 @@ def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
     text = generator("Once upon a time", max_new_tokens=10, do_sample=False)[0]["generated_text"]
     assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
     assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["step_20", "step_24"]  # keep_checkpoints=2
+
+
+def test_attention_kernel_changes_speed_not_training(tmp_path):
+    """--attn_implementation eager (the quickstart's, faster on a CPU) trains the same weights as sdpa."""
+    weights = {}
+    for kernel in ("sdpa", "eager"):
+        args = tiny_args(tmp_path / kernel, "--attn_implementation", kernel, "--num_samples", "0")
+        result = train(*parse_args(args))
+        weights[kernel] = load_file(Path(result["best_dir"]) / "model.safetensors")
+    assert weights["sdpa"].keys() == weights["eager"].keys()
+    for name, tensor in weights["sdpa"].items():
+        torch.testing.assert_close(weights["eager"][name], tensor, rtol=0, atol=1e-5, msg=name)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "eager" / "run" / "best")
+    assert reloaded.config._attn_implementation == "sdpa"  # the kernel is a training choice, not saved
 
 
 def test_output_dir_holding_another_run_is_refused(tmp_path):

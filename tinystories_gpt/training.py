@@ -33,6 +33,7 @@ from .tokenization import check_vocab_fits
 SEED_PROMPT = "Once upon a time there was a pumpkin."
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 TRACKERS = ("none", "all", "tensorboard", "wandb", "trackio")
+ATTENTION_CHOICES = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 # bf16 dense matmul peak in FLOP/s, for MFU; GPUs not listed report no MFU rather than a wrong one
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
@@ -51,8 +52,19 @@ class ModelArguments:
     dropout: float = field(default=0.1, metadata={"help": "Dropout probability."})
     bias: bool = field(default=True, metadata={"help": "Biases in Linear and LayerNorm layers."})
     vocab_size: int | None = field(default=None, metadata={"help": "Model vocabulary; default: the tokenizer's."})
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": f"Attention kernel for training: {', '.join(ATTENTION_CHOICES)}. Not saved: a loaded model "
+            "picks its own. On a CPU, eager trains small models faster than sdpa's flash kernel."
+        },
+    )
 
     def __post_init__(self):
+        _require(
+            self.attn_implementation in ATTENTION_CHOICES,
+            f"attn_implementation must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attn_implementation!r}.",
+        )
         # the config's own checks, now rather than after the data is tokenized (vocab_size is known only then)
         self.config(vocab_size=self.vocab_size or 1, bos_token_id=None, eos_token_id=None)
 
@@ -455,7 +467,11 @@ def sample_stories(model, tokenizer, num_samples: int, seed: int, prompt: str = 
         return []
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # eager even under --compile: each new sequence length would otherwise cost a recompilation
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.compiler.set_stance("force_eager"),
+    ):
         torch.manual_seed(seed)
         generated = model.generate(
             prompt_ids.expand(num_samples, -1),
@@ -577,7 +593,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
     # 2. model, optimizer
     config = model_config(model_args, tokenizer)
-    model = TinyStoriesGPTForCausalLM(config)
+    model = TinyStoriesGPTForCausalLM._from_config(config, attn_implementation=model_args.attn_implementation)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, args, fused=use_cuda)
     if args.compile:
