@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, PreTrainedTokenizerFast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
 from .data import TokenFile, WindowSampler, fixed_eval_batches, prepare_data
@@ -33,7 +34,9 @@ from .tokenization import check_vocab_fits
 SEED_PROMPT = "Once upon a time there was a pumpkin."
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 TRACKERS = ("none", "all", "tensorboard", "wandb", "trackio")
-ATTENTION_CHOICES = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+# Transformers' own registry (which the model dispatches through), so new kernels need no change here; the paged
+# kernels serve continuous-batching generation only
+ATTENTION_CHOICES = ("eager", *(key for key in ALL_ATTENTION_FUNCTIONS.valid_keys() if not key.startswith("paged")))
 # bf16 dense matmul peak in FLOP/s, for MFU; GPUs not listed report no MFU rather than a wrong one
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
