@@ -87,6 +87,12 @@ def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_min_lr():
     assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
 
 
+def test_linear_schedule_decays_in_a_straight_line_to_min_lr():
+    args = TrainingArguments(learning_rate=1e-3, min_lr=0.0, warmup_steps=10, max_iters=110, lr_scheduler_type="linear")
+    assert learning_rate_at(9, args) == pytest.approx(1e-3 * 10 / 11)  # the same warmup
+    assert [learning_rate_at(step, args) for step in (10, 35, 60, 110)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 0.0])
+
+
 def test_presets_load_and_flags_override_them():
     model_args, data_args, args = parse_args(["--config", str(REPO / "configs" / "seed.yaml"), "--max_iters", "2000"])
     assert (model_args.n_layer, model_args.n_head, model_args.n_embd, model_args.block_size) == (6, 6, 384, 128)
@@ -108,6 +114,7 @@ def test_presets_load_and_flags_override_them():
         (["--push_to_hub"], "hub_model_id"),
         (["--n_embd", "100", "--n_head", "3"], "n_embd"),
         (["--attn_implementation", "flash"], "attn_implementation"),
+        (["--lr_scheduler_type", "constant"], "lr_scheduler_type"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(argv, message):

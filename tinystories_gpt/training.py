@@ -33,6 +33,7 @@ from .tokenization import check_vocab_fits
 
 SEED_PROMPT = "Once upon a time there was a pumpkin."
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
+LR_SCHEDULER_TYPES = ("cosine", "linear")  # the names Transformers' get_scheduler uses for the same shapes
 TRACKERS = ("none", "all", "tensorboard", "wandb", "trackio")
 # Transformers' own registry (which the model dispatches through), so new kernels need no change here; the paged
 # kernels serve continuous-batching generation only
@@ -105,7 +106,10 @@ class TrainingArguments:
     eval_interval: int = field(default=500, metadata={"help": "Optimizer steps between evaluations."})
     eval_iters: int = field(default=500, metadata={"help": "Batches per split in each evaluation."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate, reached after warmup."})
-    min_lr: float = field(default=1e-5, metadata={"help": "Learning rate at the end of the cosine decay."})
+    min_lr: float = field(default=1e-5, metadata={"help": "Learning rate at the end of the decay."})
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": f"Decay after warmup: {' or '.join(LR_SCHEDULER_TYPES)}, to min_lr."}
+    )
     warmup_steps: int = field(default=1000, metadata={"help": "Linear warmup, in optimizer steps."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on 2-D weights only."})
     beta1: float = 0.9
@@ -134,9 +138,13 @@ class TrainingArguments:
         _require(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}.")
         _require(
             0 <= self.min_lr <= self.learning_rate,
-            f"min_lr ({self.min_lr}) must lie between 0 and learning_rate ({self.learning_rate}): the cosine "
+            f"min_lr ({self.min_lr}) must lie between 0 and learning_rate ({self.learning_rate}): the "
             "schedule decays from learning_rate down to min_lr, so a larger min_lr would make it rise. "
             "Set --min_lr to about learning_rate / 10.",
+        )
+        _require(
+            self.lr_scheduler_type in LR_SCHEDULER_TYPES,
+            f"lr_scheduler_type must be one of {', '.join(LR_SCHEDULER_TYPES)}, got {self.lr_scheduler_type!r}.",
         )
         _require(
             0 <= self.warmup_steps <= self.max_iters,
@@ -239,13 +247,16 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments, fused: bool
 
 
 def learning_rate_at(step: int, args: TrainingArguments) -> float:
-    """Linear warmup from 0 to learning_rate, then cosine decay to min_lr at max_iters."""
+    """Linear warmup from 0 to learning_rate, then cosine or linear decay to min_lr at max_iters."""
     if step < args.warmup_steps:
         return args.learning_rate * (step + 1) / (args.warmup_steps + 1)
     decay_steps = max(args.max_iters - args.warmup_steps, 1)
     progress = min((step - args.warmup_steps) / decay_steps, 1.0)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return args.min_lr + cosine * (args.learning_rate - args.min_lr)
+    if args.lr_scheduler_type == "linear":
+        remaining = 1.0 - progress
+    else:
+        remaining = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return args.min_lr + remaining * (args.learning_rate - args.min_lr)
 
 
 # 3. Data, run state, checkpoints and the output folder ---------------------------------------------------
@@ -726,6 +737,7 @@ def training_summary(state: RunState, data, args: TrainingArguments) -> dict:
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate,
         "min_lr": args.min_lr,
+        "lr_scheduler_type": args.lr_scheduler_type,
         "warmup_steps": args.warmup_steps,
         "weight_decay": args.weight_decay,
         "grad_clip": args.grad_clip,
