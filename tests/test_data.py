@@ -359,6 +359,22 @@ def test_sampler_resumes_exactly_from_a_saved_state(tokens):
     assert not torch.equal(WindowSampler(tokens, 8, 3, seed=8).next_batch()[0], expected[0][0])
 
 
+def test_each_epoch_predicts_every_token_once():
+    tokens = np.arange(1000, dtype=np.uint16)  # distinct ids: a label names its position
+    sampler = WindowSampler(tokens, block_size=8, batch_size=1, seed=5)
+    for _ in range(3):  # three epochs, each with its own offset and order
+        seen: set[int] = set()
+        while True:  # draw until a label comes back: that window opened the next epoch
+            state = sampler.state_dict()
+            labels = set(sampler.next_batch()[1][0].tolist())
+            if labels & seen:
+                sampler.load_state_dict(state)
+                break
+            seen |= labels
+        assert seen == set(range(min(seen), max(seen) + 1))  # no token skipped, none repeated
+        assert min(seen) <= 8 and max(seen) >= len(tokens) - 9  # only the offset and the tail are left out
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 4])
 def test_window_stream_does_not_depend_on_chunking(tokens, batch_size):
     single = WindowSampler(tokens, block_size=8, batch_size=batch_size, seed=3)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from tinystories_gpt.training import (
     ModelArguments,
     TrainingArguments,
     TrainingDiverged,
+    can_compile,
     learning_rate_at,
     next_token_loss,
     parse_args,
@@ -365,6 +367,16 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(path.name for path in checkpoints.iterdir()) == [".step_4.diverged", "step_2"]
     assert f"The last good checkpoint is {checkpoints / 'step_2'}" in str(raised.value)
+
+
+def test_compile_without_a_cpp_compiler_trains_uncompiled_and_says_how_to_fix_it(monkeypatch):
+    printed = []
+    on_cpu = SimpleNamespace(device=torch.device("cpu"), print=printed.append)
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    assert not can_compile(on_cpu)
+    assert "needs a C++ compiler ('no-such-c++-compiler'" in printed[0] and "install one" in printed[0]
+    monkeypatch.setenv("CXX", sys.executable)  # any program that exists
+    assert can_compile(on_cpu)
 
 
 def test_compiled_training_checkpoints_resume_without_compile(tmp_path):

@@ -371,12 +371,15 @@ def _hash(*parts: object) -> str:
 
 
 class WindowSampler:
-    """Training batches: random windows of `block_size + 1` tokens, from a seeded generator that can be resumed.
+    """Training batches: windows of `block_size + 1` tokens in shuffled epochs, from a seeded, resumable generator.
 
-    Each call draws `batch_size * world_size` window starts from one stream and returns this rank's slice of
-    them, so the stream does not depend on how it is chunked: with the same seed, two calls at world_size=1 give
-    exactly the windows one call gives ranks 0 and 1 at world_size=2. Every rank builds its own sampler with the
-    same seed. Batches are `(input_ids, labels)`, labels pre-shifted (see the module docstring).
+    Each epoch cuts the token stream into windows at a random offset, `block_size` apart, so every token is a label
+    exactly once per epoch (but for the few before the offset and after the last window), then shuffles them: the
+    model sees every story equally often, where windows drawn with replacement would repeat some and skip others.
+    Each call takes the next `batch_size * world_size` windows of one stream and returns this rank's slice of them,
+    so the stream does not depend on how it is chunked: with the same seed, two calls at world_size=1 give exactly
+    the windows one call gives ranks 0 and 1 at world_size=2. Every rank builds its own sampler with the same seed.
+    Batches are `(input_ids, labels)`, labels pre-shifted (see the module docstring).
     """
 
     def __init__(
@@ -394,10 +397,23 @@ class WindowSampler:
         self.windows_drawn = 0  # across all ranks: the position in the shared stream
         self._windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)  # (num_starts, T+1), no copy
         self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self._epoch_rng_state = self._rng.bit_generator.state  # all that is needed to rebuild this epoch on resume
+        offset = self._rng.integers(min(self.block_size, len(self._windows)))
+        self._epoch_starts = self._rng.permutation(np.arange(offset, len(self._windows), self.block_size))
+        self._cursor = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's next `(input_ids, labels)`, each int64 of shape (batch_size, block_size)."""
-        starts = self._rng.integers(len(self._windows), size=self.batch_size * self.world_size)
+        starts = []
+        while len(starts) < self.batch_size * self.world_size:
+            if self._cursor == len(self._epoch_starts):
+                self._new_epoch()
+            take = min(self.batch_size * self.world_size - len(starts), len(self._epoch_starts) - self._cursor)
+            starts.extend(self._epoch_starts[self._cursor : self._cursor + take])
+            self._cursor += take
         self.windows_drawn += len(starts)
         mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         windows = torch.from_numpy(self._windows[mine].astype(np.int64))  # (B, T+1)
@@ -405,11 +421,23 @@ class WindowSampler:
 
     def state_dict(self) -> dict:
         """Plain ints and strings (JSON- and torch.save-friendly) from which `load_state_dict` resumes exactly."""
-        return {"seed": self.seed, "windows_drawn": self.windows_drawn, "rng": self._rng.bit_generator.state}
+        return {
+            "seed": self.seed,
+            "windows_drawn": self.windows_drawn,
+            "epoch_rng": self._epoch_rng_state,
+            "epoch_cursor": self._cursor,
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        if "epoch_rng" not in state:
+            raise ValueError(
+                "this checkpoint's data sampler comes from an older tinystories-gpt that drew windows with "
+                "replacement and cannot be continued exactly; start a new run instead of --resume"
+            )
         self.seed, self.windows_drawn = state["seed"], state["windows_drawn"]
-        self._rng.bit_generator.state = state["rng"]
+        self._rng.bit_generator.state = state["epoch_rng"]
+        self._new_epoch()
+        self._cursor = state["epoch_cursor"]
 
 
 def fixed_eval_batches(

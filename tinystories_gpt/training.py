@@ -236,6 +236,18 @@ def _cpu_has_bf16() -> bool:
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def can_compile(accelerator: Accelerator) -> bool:
+    """On a CPU, torch.compile builds C++ kernels: without a compiler, train uncompiled rather than fail later."""
+    compiler = os.environ.get("CXX", "g++")  # what Inductor looks for on Linux
+    if accelerator.device.type != "cpu" or shutil.which(compiler):
+        return True
+    accelerator.print(
+        f"warning: --compile on a CPU needs a C++ compiler ({compiler!r}, or set CXX) and none was found, so "
+        "training runs uncompiled and slower; install one (e.g. apt install g++) to compile"
+    )
+    return False
+
+
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, fused: bool) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and embeddings only; biases and LayerNorms are not decayed."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -610,7 +622,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     model = TinyStoriesGPTForCausalLM._from_config(config, attn_implementation=model_args.attn_implementation)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, args, fused=use_cuda)
-    if args.compile:
+    if args.compile and can_compile(accelerator):
         model.compile()  # in place, unlike torch.compile(model): checkpoints keep their plain key names
     model, optimizer = accelerator.prepare(model, optimizer)
     state = RunState(data.train_sampler)
