@@ -356,6 +356,8 @@ def test_sampler_resumes_exactly_from_a_saved_state(tokens):
     for (x, y), (rx, ry) in zip(expected, [resumed.next_batch() for _ in range(2)], strict=True):
         assert torch.equal(x, rx) and torch.equal(y, ry)
     assert resumed.windows_drawn == sampler.windows_drawn == 15
+    with pytest.raises(ValueError, match="older tinystories-gpt .* start a new run"):  # a with-replacement state
+        resumed.load_state_dict({"seed": 7, "windows_drawn": 15, "rng": state["epoch_rng"]})
     assert not torch.equal(WindowSampler(tokens, 8, 3, seed=8).next_batch()[0], expected[0][0])
 
 
