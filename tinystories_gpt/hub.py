@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import DEFAULT_DATASET as DATASET_ID
 from .tokenization import check_vocab_fits
@@ -261,7 +261,20 @@ def save_hub_folder(
     return Path(output_dir)
 
 
-# 3. Upload ----------------------------------------------------------------------------------------------------
+# 3. Loading and upload ---------------------------------------------------------------------------------------
+
+
+def load_model_and_tokenizer(model_id: str | Path, trust_remote_code: bool = False, device: str = "cpu"):
+    """(causal LM in eval mode, tokenizer) from a saved folder or a Hub id, with an error that says what to pass."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"cannot load a model from {str(model_id)!r}: it is neither a folder holding config.json, weights and a "
+            f"tokenizer, nor a reachable Hub repo ({error}). Pass the folder train.py wrote (e.g. out/quickstart/best)."
+        ) from error
+    return model.to(device).eval(), tokenizer
 
 
 def check_hub_folder(model_dir: str | Path) -> Path:
@@ -303,4 +316,11 @@ def push_to_hub(
     return commit.commit_url
 
 
-__all__ = ["push_to_hub", "render_model_card", "save_hub_folder", "staged_folder", "write_hub_folder"]
+__all__ = [
+    "load_model_and_tokenizer",
+    "push_to_hub",
+    "render_model_card",
+    "save_hub_folder",
+    "staged_folder",
+    "write_hub_folder",
+]

@@ -1,0 +1,57 @@
+"""Score a model on a whole split: `tinystories-evaluate MODEL --dataset D [--json]`.
+
+MODEL is a saved folder or a Hub id (ours, or an exported GPT-2). Prints validation loss, perplexity and bits
+per UTF-8 byte over every token of the split, end-of-story tokens included.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+
+import torch
+
+from ..data import load_text_splits, tokenize_split
+from ..evaluation import evaluate_split
+from ..hub import load_model_and_tokenizer
+from ..tokenization import check_vocab_fits
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tinystories-evaluate", description=__doc__)
+    parser.add_argument("model", help="a saved model folder or a Hub repo id")
+    parser.add_argument(
+        "--dataset", required=True, help="a Hub dataset name or a local path, e.g. data/tinystories in a checkout"
+    )
+    parser.add_argument("--split", default="validation", choices=("train", "validation"))
+    parser.add_argument("--validation_split_percentage", type=float, default=5.0)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--cache_dir", default=None, help="where token files are cached")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model, args.trust_remote_code, args.device)
+        check_vocab_fits(tokenizer, model.config.vocab_size)
+        texts = load_text_splits(args.dataset, args.validation_split_percentage)[args.split]
+        with tempfile.TemporaryDirectory() as scratch:
+            split = tokenize_split(texts, tokenizer, args.cache_dir or scratch, args.split)
+            figures = evaluate_split(model, split, batch_size=args.batch_size, progress=not args.json)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
+    figures = {"model": args.model, "dataset": args.dataset, "split": args.split, **figures}
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(
+            f"{args.model} on {args.dataset} [{args.split}]: loss {figures['loss']:.4f}, perplexity "
+            f"{figures['perplexity']:.2f}, bits per byte {figures['bits_per_byte']:.4f} "
+            f"({figures['tokens']:,} tokens, {figures['bytes']:,} bytes)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
