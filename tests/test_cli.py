@@ -2,16 +2,21 @@
 
 import json
 import math
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt import evaluate as evaluate_cli
-from tinystories_gpt import generate as generate_cli
+from tinystories_gpt.cli import evaluate as evaluate_cli
+from tinystories_gpt.cli import generate as generate_cli
 from tinystories_gpt.tokenization import GPT2_TOKENIZER_DIR
 
+REPO = Path(__file__).resolve().parents[1]
 STORIES = ["Tom had a red ball.", "Lily saw a big cat. She smiled.", "The sun was warm and happy."]
 
 
@@ -84,6 +89,62 @@ def test_generate_bad_input_gives_clear_errors(saved_model, capsys, extra, messa
     assert message in capsys.readouterr().err
 
 
+def test_generate_keeps_a_pad_id_of_0(saved_model, tmp_path, monkeypatch):
+    folder = tmp_path / "pad0"
+    TinyStoriesGPTForCausalLM.from_pretrained(saved_model).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(saved_model)
+    tokenizer.pad_token = "!"  # id 0
+    tokenizer.save_pretrained(folder)
+    seen = []
+    real_generate = TinyStoriesGPTForCausalLM.generate
+
+    def recording_generate(model, *args, **kwargs):
+        seen.append(kwargs["pad_token_id"])
+        return real_generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(TinyStoriesGPTForCausalLM, "generate", recording_generate)
+    assert generate_cli.main([str(folder), "--prompt", "Once", "--max_new_tokens", "2", "--greedy"]) == 0
+    assert seen == [0]
+
+
 def test_generate_missing_model_folder(tmp_path, capsys):
     assert generate_cli.main([str(tmp_path / "nowhere"), "--prompt", "Hi"]) == 2
     assert "cannot load a model from" in capsys.readouterr().err
+
+
+def test_evaluate_runs_from_an_installed_wheel_outside_the_checkout(saved_model, dataset, tmp_path, capsys):
+    """The wheel carries everything the command needs (the metric, the card template, the GPT-2 tokenizer)."""
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)]
+    subprocess.run(build, check=True, capture_output=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet"]
+    subprocess.run([*install, str(next(wheels.glob("*.whl")))], check=True, capture_output=True)
+    # the dependencies come from this environment, as a plain path (its .pth files, the editable install's
+    # among them, are not run), so the package itself can only come from the wheel
+    site_packages = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(site_packages) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    arguments = [str(saved_model), "--dataset", str(dataset), "--json"]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for command in ([str(python), "-m", "tinystories_gpt.evaluate"], [str(venv / "bin" / "tinystories-evaluate")]):
+        result = subprocess.run([*command, *arguments], capture_output=True, text=True, cwd=outside)
+        assert result.returncode == 0, result.stderr
+        figures = json.loads(result.stdout)
+        assert evaluate_cli.main([*arguments, "--cache_dir", str(tmp_path / "cache")]) == 0
+        assert figures == json.loads(capsys.readouterr().out)
+    where = subprocess.run(
+        [str(python), "-c", "import tinystories_gpt; print(tinystories_gpt.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=outside,
+    ).stdout
+    assert where.startswith(site_packages), where

@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt.hub import TEMPLATE_PATH, push_to_hub, save_hub_folder
+from tinystories_gpt.hub import TEMPLATE_PATH, TRANSFORMERS_REQUIREMENT, push_to_hub, save_hub_folder
 from tinystories_gpt.tokenization import load_gpt2_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +49,8 @@ def hub_folder(model, tmp_path_factory) -> Path:
         loss_curve=loss_curve,
         samples=SAMPLES,
         repo_id="user/tiny-stories",
+        dataset_id="roneneldan/TinyStories",
+        evaluation="a full pass over the validation split",
     )
 
 
@@ -109,6 +111,12 @@ def test_card_without_metrics_has_no_model_index(model, tmp_path):
     card = ModelCard.load(folder / "README.md")
     assert card.data.eval_results is None and "model-index" not in card.content
     assert "No evaluation results were recorded" in card.text and not (folder / "loss_curve.png").exists()
+
+
+def test_card_names_the_transformers_release_the_code_needs(hub_folder):
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'"{TRANSFORMERS_REQUIREMENT}",' in pyproject
+    assert f"needs only `torch` and `{TRANSFORMERS_REQUIREMENT}`" in (hub_folder / "README.md").read_text()
 
 
 def test_top_level_model_card_is_the_packaged_template():

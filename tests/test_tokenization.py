@@ -1,13 +1,14 @@
 """Tokenizers: the bundled GPT-2 one offline, trained byte-level BPEs, specs, caching and the vocab check."""
 
 import time
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tinystories_gpt import tokenization
-from tinystories_gpt.data import SAMPLE_DATA_DIR
+from tinystories_gpt.data import dataset_fingerprint
 from tinystories_gpt.tokenization import (
     EOS_TOKEN,
     GPT2_TOKENIZER_DIR,
@@ -20,6 +21,8 @@ from tinystories_gpt.tokenization import (
 
 pytestmark = pytest.mark.usefixtures("hf_cache")
 
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "data" / "tinystories"
+
 TEXTS = [
     "Once upon a time there was a pumpkin.",
     "Lily saw a big dog. “Hello, dog!” she said.\nThe dog wagged its tail.",
@@ -29,7 +32,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def sample_stories() -> list[str]:
-    text = (SAMPLE_DATA_DIR / "train.txt").read_text(encoding="utf-8")
+    text = (SAMPLE_DATA / "train.txt").read_text(encoding="utf-8")
     return [story.strip() for story in text.split(EOS_TOKEN) if story.strip()]
 
 
@@ -94,17 +97,18 @@ def test_trained_tokenizer_saves_and_reloads(tmp_path):
 
 def test_bpe_spec_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch):
     texts = Dataset.from_dict({"text": TEXTS})
-    trained = load_tokenizer("bpe:300", training_texts=texts, cache_dir=tmp_path)
+    trained = load_tokenizer("bpe:300", training_texts=texts, cache_dir=tmp_path, cache_key=dataset_fingerprint(texts))
     assert [p.name for p in tmp_path.iterdir()][0].startswith("tokenizer-bpe300-")
 
     def no_training(*args, **kwargs):
         raise AssertionError("retrained a cached tokenizer")
 
     monkeypatch.setattr(tokenization, "train_tokenizer", no_training)
-    cached = load_tokenizer("bpe:300", training_texts=texts, cache_dir=tmp_path)
+    cached = load_tokenizer("bpe:300", training_texts=texts, cache_dir=tmp_path, cache_key=dataset_fingerprint(texts))
     assert tokenizer_fingerprint(cached) == tokenizer_fingerprint(trained)
     with pytest.raises(AssertionError, match="retrained"):  # other texts: a new key, so it trains
-        load_tokenizer("bpe:300", training_texts=Dataset.from_dict({"text": TEXTS[:3]}), cache_dir=tmp_path)
+        other = Dataset.from_dict({"text": TEXTS[:3]})
+        load_tokenizer("bpe:300", training_texts=other, cache_dir=tmp_path, cache_key=dataset_fingerprint(other))
 
 
 def test_specs_name_gpt2_a_folder_or_a_hub_repo(tmp_path, fake_hub):

@@ -1,23 +1,17 @@
-"""Text → tokens → windows.
+"""Text -> tokens: stories from the Hub or local files, tokenized once into a cached flat token file.
 
 1. `load_text_splits`: stories from the Hub or local files, through `datasets`, as train/validation splits with a
    `text` column.
 2. `tokenize_split` / `prepare_data`: tokenize a split once (batched, fast tokenizer), append `<|endoftext|>` after
    every story, and stream the ids into one flat uint16/uint32 file with a JSON sidecar. A later run with the same
    source and tokenizer reuses the file; any change to either builds a new one.
-3. `WindowSampler`, `fixed_eval_batches`, `sequential_batches`: batches drawn from the memory-mapped token file.
 
-Batch format, everywhere: a pair `(input_ids, labels)` of int64 tensors of shape (B, block_size), with the labels
-already shifted: ``labels[b, t]`` is the token that follows ``input_ids[b, t]``, and -100 marks positions to ignore.
-Compute the loss with ``F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)``, or through a
-Transformers model with ``model(input_ids=x, labels=y, shift_labels=y)`` (passing `shift_labels` stops the model
-from shifting again). Pre-shifting lets a window use all `block_size` positions of the model's context.
+The next step along the data's path, windows of those tokens for the model, is windows.py.
 """
 
 import codecs
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -30,7 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from datasets import Dataset, DatasetDict
 from datasets.exceptions import DatasetNotFoundError
 from tokenizers import Tokenizer
@@ -39,10 +32,8 @@ from transformers import PreTrainedTokenizerFast
 from .tokenization import EOS_TOKEN, load_tokenizer, tokenizer_fingerprint
 
 DEFAULT_DATASET = "roneneldan/TinyStories"
-SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "tinystories"  # present in a source checkout
 SPLITS = ("train", "validation")
 TEXT_COLUMN = "text"
-IGNORE_INDEX = -100
 # How each local file extension is read: "stories" is our reader for `<|endoftext|>`-separated text files,
 # the others are datasets' packaged builders.
 FILE_READERS = {".txt": "stories", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -63,15 +54,25 @@ def load_text_splits(dataset: str | Path = DEFAULT_DATASET, validation_split_per
     `validation_split_percentage` percent of the stories are held out as one (as in Transformers' run_clm.py),
     which is deterministic and keeps the files' order.
     """
-    local = Path(dataset).expanduser()
-    splits = _load_local(local) if local.exists() else _load_hub(str(dataset))
+    return _load_splits(dataset, validation_split_percentage)[0]
+
+
+def is_local_source(dataset: str | Path) -> bool:
+    """Whether `dataset` names local files (else it is a Hub dataset name)."""
+    return Path(dataset).expanduser().exists()
+
+
+def _load_splits(dataset: str | Path, validation_split_percentage: float) -> tuple[DatasetDict, bool]:
+    """(the two splits, whether the validation split was held out of train)."""
+    splits = _load_local(Path(dataset).expanduser()) if is_local_source(dataset) else _load_hub(str(dataset))
     if "train" not in splits:
         raise ValueError(f"{dataset} has no train split (splits found: {', '.join(splits)}); name one 'train'")
     for name, split in splits.items():
         _check_text_split(split, name, dataset)
-    if "validation" not in splits:
+    held_out = "validation" not in splits
+    if held_out:
         splits = _hold_out(splits["train"], validation_split_percentage, dataset)
-    return DatasetDict({name: splits[name].select_columns(TEXT_COLUMN) for name in SPLITS})
+    return DatasetDict({name: splits[name].select_columns(TEXT_COLUMN) for name in SPLITS}), held_out
 
 
 def _load_hub(name: str) -> dict[str, Dataset]:
@@ -229,11 +230,13 @@ class TokenFile:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """What training needs from the data: the tokenizer and the two tokenized splits."""
+    """What training needs from the data: the tokenizer, the two tokenized splits, and where they came from."""
 
     tokenizer: PreTrainedTokenizerFast
     train: TokenFile
     validation: TokenFile
+    hub_id: str | None  # the Hub dataset name, or None for local files
+    validation_source: str  # what the validation split is, in words, for the model card
 
 
 def default_cache_dir() -> Path:
@@ -252,11 +255,23 @@ def prepare_data(
 
     Everything is cached under `cache_dir` (default: `default_cache_dir()`), so a second call is fast.
     """
-    splits = load_text_splits(dataset, validation_split_percentage)
+    splits, held_out = _load_splits(dataset, validation_split_percentage)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    resolved = load_tokenizer(tokenizer, training_texts=splits["train"], cache_dir=cache_dir)
+    resolved = load_tokenizer(
+        tokenizer, training_texts=splits["train"], cache_dir=cache_dir, cache_key=dataset_fingerprint(splits["train"])
+    )
     train, validation = (tokenize_split(splits[name], resolved, cache_dir, name, num_proc) for name in SPLITS)
-    return PreparedData(tokenizer=resolved, train=train, validation=validation)
+    return PreparedData(
+        tokenizer=resolved,
+        train=train,
+        validation=validation,
+        hub_id=None if is_local_source(dataset) else str(dataset),
+        validation_source=(
+            f"a {validation_split_percentage:g}% hold-out of the train split of {dataset}"
+            if held_out
+            else f"the validation split of {dataset}"
+        ),
+    )
 
 
 def tokenize_split(
@@ -270,7 +285,7 @@ def tokenize_split(
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token, which marks the end of every story; set one")
-    source_fingerprint = texts._fingerprint  # datasets' hash of where the rows came from and every step since
+    source_fingerprint = dataset_fingerprint(texts)
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
     key = _hash(FORMAT_VERSION, source_fingerprint, tokenizer_hash)[:16]
     cache_dir = Path(cache_dir)
@@ -348,6 +363,15 @@ def _write_tokens(encoded: Dataset, path: Path, dtype: str, batch_size: int = 10
     return {"dtype": dtype, "num_tokens": num_tokens, "num_bytes": num_bytes, "num_stories": num_stories}
 
 
+def dataset_fingerprint(texts: Dataset) -> str:
+    """datasets' hash of where the rows came from and every transform since: the key of the caches built from them.
+
+    datasets keeps it in the private `_fingerprint` and has no public accessor (hashing the dataset ourselves would
+    read every row), so this is the one place that reads it.
+    """
+    return texts._fingerprint
+
+
 def _read_meta(meta_path: Path, bin_path: Path) -> dict | None:
     """The sidecar of a complete token file, or None if either is missing, unreadable or inconsistent."""
     try:
@@ -364,126 +388,3 @@ def _token_file(path: Path, meta: dict) -> TokenFile:
 
 def _hash(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# 3. Batches
-
-
-class WindowSampler:
-    """Training batches: windows of `block_size + 1` tokens in shuffled epochs, from a seeded, resumable generator.
-
-    Each epoch cuts the token stream into windows at a random offset, `block_size` apart, so every token is a label
-    exactly once per epoch (but for the few before the offset and after the last window), then shuffles them: the
-    model sees every story equally often, where windows drawn with replacement would repeat some and skip others.
-    Each call takes the next `batch_size * world_size` windows of one stream and returns this rank's slice of them,
-    so the stream does not depend on how it is chunked: with the same seed, two calls at world_size=1 give exactly
-    the windows one call gives ranks 0 and 1 at world_size=2. Every rank builds its own sampler with the same seed.
-    Batches are `(input_ids, labels)`, labels pre-shifted (see the module docstring).
-    """
-
-    def __init__(
-        self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
-    ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        if len(tokens) < block_size + 1:
-            raise ValueError(
-                f"the split has {len(tokens)} tokens, fewer than block_size + 1 = {block_size + 1}; "
-                "use a smaller block_size or more data"
-            )
-        self.block_size, self.batch_size, self.rank, self.world_size = block_size, batch_size, rank, world_size
-        self.seed = seed
-        self.windows_drawn = 0  # across all ranks: the position in the shared stream
-        self._windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)  # (num_starts, T+1), no copy
-        self._rng = np.random.Generator(np.random.PCG64(seed))
-        self._new_epoch()
-
-    def _new_epoch(self) -> None:
-        self._epoch_rng_state = self._rng.bit_generator.state  # all that is needed to rebuild this epoch on resume
-        offset = self._rng.integers(min(self.block_size, len(self._windows)))
-        self._epoch_starts = self._rng.permutation(np.arange(offset, len(self._windows), self.block_size))
-        self._cursor = 0
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's next `(input_ids, labels)`, each int64 of shape (batch_size, block_size)."""
-        starts = []
-        while len(starts) < self.batch_size * self.world_size:
-            if self._cursor == len(self._epoch_starts):
-                self._new_epoch()
-            take = min(self.batch_size * self.world_size - len(starts), len(self._epoch_starts) - self._cursor)
-            starts.extend(self._epoch_starts[self._cursor : self._cursor + take])
-            self._cursor += take
-        self.windows_drawn += len(starts)
-        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        windows = torch.from_numpy(self._windows[mine].astype(np.int64))  # (B, T+1)
-        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-
-    def state_dict(self) -> dict:
-        """Plain ints and strings (JSON- and torch.save-friendly) from which `load_state_dict` resumes exactly."""
-        return {
-            "seed": self.seed,
-            "windows_drawn": self.windows_drawn,
-            "epoch_rng": self._epoch_rng_state,
-            "epoch_cursor": self._cursor,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if "epoch_rng" not in state:
-            raise ValueError(
-                "this checkpoint's data sampler comes from an older tinystories-gpt that drew windows with "
-                "replacement and cannot be continued exactly; start a new run instead of --resume"
-            )
-        self.seed, self.windows_drawn = state["seed"], state["windows_drawn"]
-        self._rng.bit_generator.state = state["epoch_rng"]
-        self._new_epoch()
-        self._cursor = state["epoch_cursor"]
-
-
-def fixed_eval_batches(
-    tokens: np.ndarray,
-    block_size: int,
-    batch_size: int,
-    num_batches: int,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed evaluation set: `num_batches` batches of random windows, chosen once so every eval sees the same ones.
-
-    Build it once per run and reuse the list. Same sampling and rank slicing as `WindowSampler`.
-    """
-    sampler = WindowSampler(tokens, block_size, batch_size, seed=seed, rank=rank, world_size=world_size)
-    return [sampler.next_batch() for _ in range(num_batches)]
-
-
-def sequential_batches(
-    tokens: np.ndarray, block_size: int, batch_size: int, eos_token_id: int, rank: int = 0, world_size: int = 1
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A full pass for final metrics: every token of the split is a label exactly once.
-
-    The split is cut into consecutive, non-overlapping windows of `block_size` labels. The first window's context
-    starts with `eos_token_id` (as if a story had just ended), so the first token is predicted too, and the tail
-    window is padded (labels -100). Across all ranks, the labels other than -100 number exactly `len(tokens)`
-    (`TokenFile.num_tokens`), which with `TokenFile.num_bytes` gives bits per byte. Ranks take contiguous runs of
-    windows; their batch counts may differ by one. The last batch of a rank may be smaller than `batch_size`.
-    """
-    num_windows = -(-len(tokens) // block_size)
-    first, end = rank * num_windows // world_size, (rank + 1) * num_windows // world_size
-    for batch_start in range(first, end, batch_size):
-        batch_windows = min(batch_size, end - batch_start)
-        lo = batch_start * block_size  # index of the first label in this batch
-        hi = min(lo + batch_windows * block_size, len(tokens))
-        labels = np.full(batch_windows * block_size, IGNORE_INDEX, dtype=np.int64)
-        labels[: hi - lo] = tokens[lo:hi]
-        input_ids = np.full(batch_windows * block_size, eos_token_id, dtype=np.int64)  # EOS also pads the tail
-        if lo == 0:
-            input_ids[1 : hi - lo] = tokens[: hi - 1]
-        else:
-            input_ids[: hi - lo] = tokens[lo - 1 : hi - 1]
-        yield torch.from_numpy(input_ids).view(-1, block_size), torch.from_numpy(labels).view(-1, block_size)
-
-
-def bits_per_byte(total_nats: float, num_bytes: int) -> float:
-    """Bits per UTF-8 byte from the summed negative log-likelihood (in nats) over a full pass of a split."""
-    return total_nats / (num_bytes * math.log(2))

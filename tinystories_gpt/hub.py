@@ -26,7 +26,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import DEFAULT_DATASET as DATASET_ID
+from .evaluation import TEMPERATURE, TOP_K
 from .tokenization import check_vocab_fits
 
 TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card.md")  # the repo's top-level model_card.md links here
@@ -34,9 +34,8 @@ LICENSE = "mit"
 TAGS = ["tinystories", "gpt", "nanogpt", "story-generation"]
 LOSS_CURVE_NAME = "loss_curve.png"
 HUB_FOLDER_FILES = ("config.json", "model.safetensors", "generation_config.json", "README.md")
-# Stories want variety but not nonsense: nanoGPT's sample.py defaults.
-TEMPERATURE = 0.8
-TOP_K = 200
+# What the saved code needs, for the card: the same as pyproject.toml's (a test keeps them equal)
+TRANSFORMERS_REQUIREMENT = "transformers>=5.24,<6"
 PROMPT_ROOM = 4  # a generation default must leave part of the context for the prompt
 
 
@@ -99,16 +98,21 @@ def story_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     )
 
 
-def eval_results(metrics: dict | None) -> list[EvalResult]:
-    """The card's `model-index` entries: validation loss, perplexity and bits per byte, where measured."""
+def eval_results(metrics: dict | None, dataset_id: str | None) -> list[EvalResult]:
+    """The card's `model-index` entries: validation loss, perplexity and bits per byte, where measured.
+
+    Only for a Hub dataset: `model-index` names the dataset by its Hub id, and local files have none.
+    """
+    if dataset_id is None:
+        return []
     results = []
     for metric_type, metric_name, value in card_results(metrics):
         results.append(
             EvalResult(
                 task_type="text-generation",
                 task_name="Text Generation",
-                dataset_type=DATASET_ID,
-                dataset_name="TinyStories",
+                dataset_type=dataset_id,
+                dataset_name=dataset_id.split("/")[-1],
                 dataset_split="validation",
                 metric_type=metric_type,
                 metric_name=metric_name,
@@ -145,17 +149,23 @@ def render_model_card(
     samples: list[str] | None = None,
     loss_curve: str | None = None,
     repo_id: str | None = None,
+    dataset_id: str | None = None,
+    evaluation: str | None = None,
     template_path: str | Path = TEMPLATE_PATH,
 ) -> ModelCard:
-    """The model card: Hub metadata (with `model-index` from `metrics`) and the template's sections."""
+    """The model card: Hub metadata (with `model-index` from `metrics`) and the template's sections.
+
+    `dataset_id` is the Hub dataset the model was trained on (None for local files: the card then names
+    `training["dataset"]` and claims no Hub dataset); `evaluation` says how `metrics` were measured.
+    """
     config = model.config
     model_name = repo_id.split("/")[-1] if repo_id else "tinystories-gpt"
-    results = eval_results(metrics)
+    results = eval_results(metrics, dataset_id)
     card_data = ModelCardData(
         model_name=model_name,
         license=LICENSE,
         language="en",
-        datasets=[DATASET_ID],
+        datasets=[dataset_id] if dataset_id else None,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=TAGS,
@@ -172,7 +182,10 @@ def render_model_card(
         template_path=str(template_path),
         model_name=model_name,
         model_id=repo_id or "path/to/this/folder",
-        dataset_id=DATASET_ID,
+        dataset_id=dataset_id,
+        dataset=(training or {}).get("dataset"),
+        evaluation=evaluation,
+        transformers_requirement=TRANSFORMERS_REQUIREMENT,
         num_parameters=model.num_parameters(),
         architecture=architecture,
         training=training or {},
@@ -199,14 +212,30 @@ def write_hub_folder(
     loss_curve: str | Path | None = None,
     samples: list[str] | None = None,
     repo_id: str | None = None,
+    dataset_id: str | None = None,
+    evaluation: str | None = None,
+    state_dict: dict | None = None,
 ) -> None:
-    """Write the Hub-ready files into `folder` in place (no atomicity: see `save_hub_folder`)."""
+    """Write the Hub-ready files into `folder` in place (no atomicity: see `save_hub_folder`).
+
+    Args:
+        metrics: validation figures for the card and its `model-index`: `loss` (nats/token; `val_loss` is
+            accepted too), `perplexity`, `bits_per_byte`, and optionally `tokens`, `bytes`, `step`.
+        training: the recipe, shown as a table in the card (any keys; values printed as they are).
+        loss_curve: an image copied into the folder as loss_curve.png and shown in the card.
+        samples: stories shown in the card.
+        repo_id: the Hub repo the folder is meant for, used in the card's title and usage snippet.
+        dataset_id: the Hub dataset the model was trained on, for the card's metadata; None for local files.
+        evaluation: how `metrics` were measured, for the card (e.g. a full pass over which split).
+        state_dict: the weights to save, when `model`'s own are sharded (gathered with Accelerate's get_state_dict).
+    """
     folder = Path(folder)
     check_vocab_fits(tokenizer, model.config.vocab_size)
     if loss_curve is not None and not Path(loss_curve).is_file():
         raise FileNotFoundError(f"loss curve {loss_curve} does not exist; pass loss_curve=None to leave it out")
 
-    model.save_pretrained(folder)  # weights, config.json with auto_map, and the code (registered on import)
+    # weights, config.json with auto_map, and the code (registered on import)
+    model.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     generation_config = story_generation_config(model, tokenizer)
     generation_config.save_pretrained(folder)  # replaces the plain one save_pretrained wrote
@@ -220,6 +249,8 @@ def write_hub_folder(
         samples=samples,
         loss_curve=LOSS_CURVE_NAME if loss_curve is not None else None,
         repo_id=repo_id,
+        dataset_id=dataset_id,
+        evaluation=evaluation,
     )
     card.save(folder / "README.md")
 
@@ -229,35 +260,16 @@ def save_hub_folder(
     tokenizer: PreTrainedTokenizerBase,
     output_dir: str | Path,
     *,
-    metrics: dict | None = None,
-    training: dict | None = None,
-    loss_curve: str | Path | None = None,
-    samples: list[str] | None = None,
-    repo_id: str | None = None,
     overwrite: bool = False,
+    **contents,
 ) -> Path:
     """Write a Hub-ready folder for `model` and `tokenizer` at `output_dir`, atomically; returns the folder.
 
-    Args:
-        metrics: validation figures for the card and its `model-index`: `loss` (nats/token; `val_loss` is
-            accepted too), `perplexity`, `bits_per_byte`, and optionally `tokens`, `bytes`, `step`.
-        training: the recipe, shown as a table in the card (any keys; values printed as they are).
-        loss_curve: an image copied into the folder as loss_curve.png and shown in the card.
-        samples: stories shown in the card.
-        repo_id: the Hub repo the folder is meant for, used in the card's title and usage snippet.
-        overwrite: replace an existing `output_dir` (only once the new folder is complete).
+    `contents` are `write_hub_folder`'s keywords (metrics, training, loss_curve, samples, ...); `overwrite`
+    replaces an existing `output_dir`, only once the new folder is complete.
     """
     with staged_folder(output_dir, overwrite) as staging:
-        write_hub_folder(
-            model,
-            tokenizer,
-            staging,
-            metrics=metrics,
-            training=training,
-            loss_curve=loss_curve,
-            samples=samples,
-            repo_id=repo_id,
-        )
+        write_hub_folder(model, tokenizer, staging, **contents)
     return Path(output_dir)
 
 

@@ -18,11 +18,14 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tokenizers
-from datasets import Dataset
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # for hints only: datasets (and pyarrow) load only where the data is read
+    from datasets import Dataset
 
 EOS_TOKEN = "<|endoftext|>"
 GPT2_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer" / "gpt2"
@@ -67,17 +70,21 @@ def train_tokenizer(texts: Iterable[str] | Iterable[list[str]], vocab_size: int)
 
 
 def load_tokenizer(
-    spec: str, training_texts: Dataset | None = None, cache_dir: str | Path | None = None
+    spec: str,
+    training_texts: "Dataset | None" = None,
+    cache_dir: str | Path | None = None,
+    cache_key: str | None = None,
 ) -> PreTrainedTokenizerFast:
     """The tokenizer for a spec (see the module docstring).
 
-    ``bpe:N`` trains on the `text` column of `training_texts`; with a `cache_dir` the result is saved there under
-    the texts' fingerprint, and a later call with the same texts and N loads it instead of training again.
+    ``bpe:N`` trains on the `text` column of `training_texts`; with a `cache_dir` and a `cache_key` (a fingerprint
+    of the texts, e.g. `data.dataset_fingerprint`) the result is saved there, and a later call with the same key
+    and N loads it instead of training again.
     """
     if spec == "gpt2":
         return load_gpt2_tokenizer()
     if spec.startswith("bpe:"):
-        return _trained_tokenizer(_parse_bpe_size(spec), training_texts, cache_dir)
+        return _trained_tokenizer(_parse_bpe_size(spec), training_texts, cache_dir, cache_key)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec)
     except OSError as err:
@@ -124,13 +131,13 @@ def _parse_bpe_size(spec: str) -> int:
 
 
 def _trained_tokenizer(
-    vocab_size: int, training_texts: Dataset | None, cache_dir: str | Path | None
+    vocab_size: int, training_texts: "Dataset | None", cache_dir: str | Path | None, cache_key: str | None
 ) -> PreTrainedTokenizerFast:
     if training_texts is None:
         raise ValueError(f"tokenizer bpe:{vocab_size} is trained on the training split: pass training_texts")
-    if cache_dir is None:
+    if cache_dir is None or cache_key is None:
         return train_tokenizer(_text_batches(training_texts), vocab_size)
-    key = json.dumps([training_texts._fingerprint, vocab_size, tokenizers.__version__])
+    key = json.dumps([cache_key, vocab_size, tokenizers.__version__])
     folder = Path(cache_dir) / f"tokenizer-bpe{vocab_size}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (folder / "tokenizer.json").is_file():
         return load_tokenizer(str(folder))
@@ -148,6 +155,6 @@ def _trained_tokenizer(
     return tokenizer
 
 
-def _text_batches(texts: Dataset, batch_size: int = 1000) -> Iterable[list[str]]:
+def _text_batches(texts: "Dataset", batch_size: int = 1000) -> Iterable[list[str]]:
     for batch in texts.select_columns("text").iter(batch_size=batch_size):
         yield batch["text"]

@@ -64,7 +64,8 @@ def generate(args: argparse.Namespace) -> list[str]:
             do_sample=not args.greedy,
             num_return_sequences=args.num_return_sequences,
             streamer=streamer,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            # 0 is a valid pad id (it is "!" in GPT-2's vocabulary), so test for None, not falsiness
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             **sampling,
         )
     return tokenizer.batch_decode(output, skip_special_tokens=True)

@@ -1,0 +1,198 @@
+"""What a training run is told: the model's shape, the data, the recipe; from flags over an optional YAML preset.
+
+Every value is checked here, when the arguments are parsed, so a bad one stops the run before any data work.
+Names follow the seed table (and nanoGPT); `train.py --help` lists them all.
+"""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, PreTrainedTokenizerFast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_tinystories_gpt import TinyStoriesGPTConfig
+from .tokenization import check_vocab_fits
+
+MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
+# Transformers' get_scheduler names for these shapes; ours warm up from learning_rate / (warmup_steps + 1), not 0,
+# and decay to min_lr (Transformers' "cosine" and "linear" end at 0: set --min_lr 0 for those)
+LR_SCHEDULER_TYPES = ("cosine", "linear")
+TRACKERS = ("none", "all", "tensorboard", "wandb", "trackio")
+# Transformers' own registry (which the model dispatches through), so new kernels need no change here; the paged
+# kernels serve continuous-batching generation only
+ATTENTION_CHOICES = ("eager", *(key for key in ALL_ATTENTION_FUNCTIONS.valid_keys() if not key.startswith("paged")))
+
+
+def require(condition: bool, message: str) -> None:
+    """Refuse a bad argument with a ValueError whose message names the value and the fix."""
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class ModelArguments:
+    """The architecture; names as in the seed table. `vocab_size` defaults to the tokenizer's size."""
+
+    block_size: int = field(default=128, metadata={"help": "Context length in tokens."})
+    n_layer: int = field(default=6, metadata={"help": "Number of transformer blocks."})
+    n_head: int = field(default=6, metadata={"help": "Attention heads per block."})
+    n_embd: int = field(default=384, metadata={"help": "Width of the residual stream."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout probability."})
+    bias: bool = field(default=True, metadata={"help": "Biases in Linear and LayerNorm layers."})
+    vocab_size: int | None = field(default=None, metadata={"help": "Model vocabulary; default: the tokenizer's."})
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": f"Attention kernel for training: {', '.join(ATTENTION_CHOICES)}. Not saved: a loaded model "
+            "picks its own. On a CPU, eager trains small models faster than sdpa's flash kernel."
+        },
+    )
+
+    def __post_init__(self):
+        require(
+            self.attn_implementation in ATTENTION_CHOICES,
+            f"attn_implementation must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attn_implementation!r}.",
+        )
+        # the config's own checks, now rather than after the data is tokenized (vocab_size is known only then)
+        self.config(vocab_size=self.vocab_size or 1, bos_token_id=None, eos_token_id=None)
+
+    def config(self, **token_fields) -> TinyStoriesGPTConfig:
+        shape = {name: getattr(self, name) for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
+        return TinyStoriesGPTConfig(**shape, **token_fields)
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes tokens."""
+
+    dataset: str = field(
+        default="roneneldan/TinyStories",
+        metadata={"help": "A Hub dataset name or a local folder/file (.txt, .jsonl, .json, .parquet, save_to_disk)."},
+    )
+    tokenizer: str = field(
+        default="gpt2", metadata={"help": "'gpt2' (bundled), a path or Hub name, or 'bpe:N' to train an N-token BPE."}
+    )
+    validation_split_percentage: float = field(
+        default=5.0, metadata={"help": "Hold-out carved from train when the dataset has no validation split."}
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization (default: CPU count)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where token files are cached."})
+
+
+@dataclass
+class TrainingArguments:
+    """The optimisation recipe and the run's bookkeeping."""
+
+    output_dir: str = field(default="out", metadata={"help": "Folder for best/, checkpoints/, metrics and plots."})
+    batch_size: int = field(default=32, metadata={"help": "Sequences per micro-batch per process."})
+    gradient_accumulation_steps: int = field(default=32, metadata={"help": "Micro-batches per optimizer step."})
+    max_iters: int = field(default=25000, metadata={"help": "Optimizer steps (not micro-batches)."})
+    eval_interval: int = field(default=500, metadata={"help": "Optimizer steps between evaluations."})
+    eval_iters: int = field(default=500, metadata={"help": "Batches per split in each evaluation."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate, reached after warmup."})
+    min_lr: float = field(default=1e-5, metadata={"help": "Learning rate at the end of the decay."})
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": f"Decay after warmup: {' or '.join(LR_SCHEDULER_TYPES)}, to min_lr."}
+    )
+    warmup_steps: int = field(default=1000, metadata={"help": "Linear warmup, in optimizer steps."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on 2-D weights only."})
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this; 0 disables."})
+    seed: int = 1337
+    checkpoint_interval: int = field(default=1000, metadata={"help": "Optimizer steps between resumable checkpoints."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep."})
+    mixed_precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 where supported, fp16 on older CUDA, else fp32), no, bf16, fp16."}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    cpu: bool = field(default=False, metadata={"help": "Train on the CPU even where a GPU is present."})
+    report_to: str = field(default="none", metadata={"help": f"Trackers: {', '.join(TRACKERS)}."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the newest complete checkpoint."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace another run's files in output_dir."})
+    num_samples: int = field(default=2, metadata={"help": "Sample stories written at each evaluation."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload best/ to the Hub when training ends."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id for push_to_hub, e.g. user/name."})
+
+    def __post_init__(self):
+        for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters"):
+            require(getattr(self, name) > 0, f"{name} must be a positive integer, got {getattr(self, name)}.")
+        for name in ("checkpoint_interval", "keep_checkpoints"):
+            require(getattr(self, name) > 0, f"{name} must be a positive integer, got {getattr(self, name)}.")
+        require(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}.")
+        require(
+            0 <= self.min_lr <= self.learning_rate,
+            f"min_lr ({self.min_lr}) must lie between 0 and learning_rate ({self.learning_rate}): the "
+            "schedule decays from learning_rate down to min_lr, so a larger min_lr would make it rise. "
+            "Set --min_lr to about learning_rate / 10.",
+        )
+        require(
+            self.lr_scheduler_type in LR_SCHEDULER_TYPES,
+            f"lr_scheduler_type must be one of {', '.join(LR_SCHEDULER_TYPES)}, got {self.lr_scheduler_type!r}.",
+        )
+        require(
+            0 <= self.warmup_steps <= self.max_iters,
+            f"warmup_steps ({self.warmup_steps}) must lie between 0 and max_iters ({self.max_iters}).",
+        )
+        require(self.weight_decay >= 0, f"weight_decay must not be negative, got {self.weight_decay}.")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must lie in [0, 1).")
+        require(self.grad_clip >= 0, f"grad_clip must not be negative (0 disables it), got {self.grad_clip}.")
+        require(self.num_samples >= 0, f"num_samples must not be negative, got {self.num_samples}.")
+        require(
+            self.mixed_precision in MIXED_PRECISION_CHOICES,
+            f"mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {self.mixed_precision!r}.",
+        )
+        require(self.report_to in TRACKERS, f"report_to must be one of {', '.join(TRACKERS)}, got {self.report_to!r}.")
+        require(
+            not self.push_to_hub or bool(self.hub_model_id),
+            "push_to_hub needs --hub_model_id user/name to know where to upload.",
+        )
+        require(
+            not (self.resume and self.overwrite_output_dir),
+            "resume and overwrite_output_dir contradict each other: pick one.",
+        )
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.output_dir) / "checkpoints"
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Command-line flags over an optional `--config preset.yaml`; unknown keys are refused by name."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.add_argument("--config", type=Path, help="A YAML preset; flags given on the command line override it.")
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        parser.set_defaults(**load_preset(known.config))
+    *dataclasses, _config = parser.parse_args_into_dataclasses(argv)
+    return tuple(dataclasses)
+
+
+def load_preset(path: Path) -> dict:
+    """A YAML preset's values, refusing names that are not arguments (a typo would otherwise be ignored)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist; presets live in configs/ (seed.yaml, ...).")
+    preset = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(preset, dict):
+        raise ValueError(f"Config file {path} must hold a mapping of argument names to values.")
+    known = {argument.name for arguments in ARGUMENT_CLASSES for argument in fields(arguments)}
+    unknown = sorted(set(preset) - known)
+    if unknown:
+        raise ValueError(f"Config file {path} has unknown keys: {', '.join(unknown)}. Run train.py --help for names.")
+    return preset
+
+
+def model_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerFast) -> TinyStoriesGPTConfig:
+    """The model's config for this tokenizer; its own validation names any impossible shape."""
+    vocab_size = model_args.vocab_size or len(tokenizer)
+    check_vocab_fits(tokenizer, vocab_size)
+    return model_args.config(
+        vocab_size=vocab_size,
+        bos_token_id=tokenizer.eos_token_id,  # stories start after an end-of-text, as in the token files
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
