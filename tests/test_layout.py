@@ -17,6 +17,7 @@ ORDER = [
     "evaluation",
     "arguments",
     "hardware",
+    "distributed",
     "optimization",
     "checkpointing",
     "records",

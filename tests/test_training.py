@@ -1,7 +1,6 @@
 """The training loop end to end on the bundled data, plus its recipe pieces and bad inputs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,61 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from runs import DATA, REPO, assert_same_tensors, losses, optimizer_tensors, run_cli, tiny_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from tinystories_gpt.evaluation import next_token_loss
 from tinystories_gpt.training import TrainingDiverged, parse_args, train
-
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "data" / "tinystories"
-TINY_MODEL = ["--block_size", "32", "--n_layer", "2", "--n_head", "2", "--n_embd", "32"]
-
-
-def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
-    """A run of seconds: a 512-token BPE, a 2-layer model, cached tokens shared across the test session."""
-    return [
-        "--dataset",
-        str(DATA),
-        "--tokenizer",
-        "bpe:512",
-        "--cache_dir",
-        str(tmp_path.parent / "token-cache"),
-        *TINY_MODEL,
-        "--batch_size",
-        "8",
-        "--gradient_accumulation_steps",
-        "2",
-        "--max_iters",
-        "8",
-        "--warmup_steps",
-        "2",
-        "--learning_rate",
-        "3e-3",
-        "--min_lr",
-        "3e-4",
-        "--eval_interval",
-        "4",
-        "--eval_iters",
-        "4",
-        "--checkpoint_interval",
-        "4",
-        "--num_samples",
-        "1",
-        "--output_dir",
-        str(tmp_path / "run"),
-        "--seed",
-        "7",
-        "--mixed_precision",
-        "no",
-        "--cpu",
-        *extra,
-    ]
-
-
-def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    # run from the checkout, as the README does: the presets name data/tinystories relative to it
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *argv], capture_output=True, text=True, cwd=REPO)
 
 
 def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
@@ -194,55 +144,6 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
     assert_same_tensors(load_file(expected / "model.safetensors"), load_file(actual / "model.safetensors"))
     assert_same_tensors(optimizer_tensors(expected), optimizer_tensors(actual))
     assert losses(whole / "run") == losses(broken / "run")
-
-
-def assert_same_tensors(expected: dict, actual: dict) -> None:
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
-
-
-def optimizer_tensors(checkpoint: Path) -> dict:
-    state = torch.load(checkpoint / "optimizer.bin", weights_only=True)["state"]
-    return {f"{index}.{name}": value for index, tensors in state.items() for name, value in tensors.items()}
-
-
-def losses(run: Path) -> list[tuple]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(record["step"], record["train_loss"], record["val_loss"]) for record in records]
-
-
-def test_two_processes_match_one_process_with_accumulation(tmp_path):
-    """2 processes x accumulation 1 update the weights as 1 process x accumulation 2 does, on the same windows."""
-    recipe = ["--max_iters", "4", "--eval_interval", "4", "--checkpoint_interval", "4", "--dropout", "0"]
-    single = tmp_path / "single"
-    single.mkdir()
-    result = run_cli(*tiny_args(single, *recipe, "--gradient_accumulation_steps", "2"))
-    assert result.returncode == 0, result.stderr
-
-    double = tmp_path / "double"
-    double.mkdir()
-    # the shipped multi-GPU config, on CPU: our --cpu makes each rank use gloo (`accelerate launch --cpu
-    # --num_processes 2` would start one process only)
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "configs/accelerate/ddp.yaml"),
-    ]
-    command += ["--num_processes", "2", "--main_process_port", "29517", str(REPO / "train.py")]
-    command += tiny_args(double, *recipe, "--gradient_accumulation_steps", "1")
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr
-    assert "x 2 processes" in result.stdout
-
-    expected = load_file(single / "run" / "checkpoints" / "step_4" / "model.safetensors")
-    actual = load_file(double / "run" / "checkpoints" / "step_4" / "model.safetensors")
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
-    # only the main process wrote the run's files: one metrics line per evaluation
-    assert len((double / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_quickstart_preset_runs_shortened(tmp_path):

@@ -107,7 +107,8 @@ def save_checkpoint(accelerator: Accelerator, step: int, config: TinyStoriesGPTC
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial), safe_serialization=True)
+    accelerator.save_state(str(partial), safe_serialization=True)  # under FSDP, every process writes its shard
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         config.save_pretrained(partial)  # lets convert.py and --resume check shapes without loading weights
         tokenizer.save_pretrained(partial / "tokenizer")

@@ -36,8 +36,9 @@ from .checkpointing import (
     set_aside_diverged,
 )
 from .data import TokenFile, prepare_data
+from .distributed import engine_name, full_state_dict, is_sharded, make_accelerator
 from .evaluation import SEED_PROMPT, estimate_loss, evaluate_split, next_token_loss, sample_stories
-from .hardware import can_compile, peak_flops, resolve_mixed_precision
+from .hardware import can_compile, peak_flops
 from .hub import push_to_hub, save_hub_folder
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .optimization import build_optimizer, learning_rate_at, set_learning_rate
@@ -50,7 +51,7 @@ from .records import (
     training_summary,
     truncate_metrics,
 )
-from .windows import WindowSampler, fixed_eval_batches
+from .windows import DeviceBatches, WindowSampler, fixed_eval_batches
 
 __all__ = ["TrainingDiverged", "parse_args", "train"]
 
@@ -124,14 +125,7 @@ def load_training_data(
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     """Train, evaluate and checkpoint; returns the final metrics and where the best model lies."""
     # 1. the Accelerator and the output folder
-    use_cuda = torch.cuda.is_available() and not args.cpu
-    accelerator = Accelerator(
-        cpu=args.cpu,
-        mixed_precision=resolve_mixed_precision(args.mixed_precision, use_cuda),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=str(Path(args.output_dir) / "logs"),
-    )
+    accelerator = make_accelerator(args)
     prepare_output_dir(args, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
@@ -145,11 +139,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     config = model_config(model_args, data.tokenizer)
     model = TinyStoriesGPTForCausalLM._from_config(config, attn_implementation=model_args.attn_implementation)
     n_params = model.num_parameters()
-    optimizer = build_optimizer(model, args, fused=use_cuda)
+    optimizer = build_optimizer(model, args, fused=accelerator.device.type == "cuda")
     if args.compile and can_compile(accelerator):
         model.compile()  # in place, unlike torch.compile(model): checkpoints keep their plain key names
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = RunState(data.train_sampler)
+    state = RunState(DeviceBatches(data.train_sampler, accelerator.device))
     accelerator.register_for_checkpointing(state)
     tokens_per_step = args.batch_size * args.gradient_accumulation_steps * config.block_size * accelerator.num_processes
     print_run_plan(accelerator, config, n_params, tokens_per_step, data.train_tokens, args)
@@ -199,7 +193,7 @@ def print_run_plan(accelerator, config, n_params: int, tokens_per_step: int, tra
         f"token budget: {args.max_iters:,} steps x {tokens_per_step:,} = {budget:,} tokens "
         f"({budget / max(train_tokens, 1):.1f} epochs of {train_tokens:,} training tokens)\n"
         f"device: {accelerator.device}, mixed precision: {accelerator.mixed_precision}, "
-        f"processes: {accelerator.num_processes}"
+        f"engine: {engine_name(accelerator)}, processes: {accelerator.num_processes}"
     )
 
 
@@ -223,15 +217,16 @@ def optimizer_step(
     set_learning_rate(optimizer, learning_rate_at(state.step, args))
     loss_sum = torch.zeros((), device=accelerator.device)
     for _ in range(args.gradient_accumulation_steps):
-        inputs, labels = (tensor.to(accelerator.device) for tensor in state.sampler.next_batch())
+        inputs, labels = state.sampler.next_batch()
         with accelerator.accumulate(model):  # syncs gradients across processes on the last micro-batch only
             loss = next_token_loss(model, inputs, labels)
             accelerator.backward(loss)
         loss_sum += loss.detach()
     # One collective and one host sync per step: the mean loss of all processes (a NaN on any of them makes it
     # NaN on every one, so they all stop together) and the stop requests of any.
-    totals = torch.stack([loss_sum / args.gradient_accumulation_steps, torch.tensor(float(stop_requested))])
-    mean_loss, stops = accelerator.reduce(totals.to(accelerator.device), reduction="sum").tolist()
+    stop_flag = torch.tensor(float(stop_requested), device=accelerator.device)
+    totals = torch.stack([loss_sum / args.gradient_accumulation_steps, stop_flag])
+    mean_loss, stops = accelerator.reduce(totals, reduction="sum").tolist()
     mean_loss /= accelerator.num_processes
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(
@@ -274,7 +269,8 @@ class Throughput:
 
 
 def evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args) -> None:
-    """Losses on the fixed windows (every process), then the records and best/ (the main process)."""
+    """Losses on the fixed windows and the model's weights (every process), then the records, samples and best/
+    (the main process, on a plain copy of the model: generate() on a sharded one would deadlock)."""
     record = {
         "step": state.step,
         "tokens_seen": state.tokens_seen,
@@ -284,11 +280,11 @@ def evaluate_and_record(model, state, data, accelerator, throughput, model_args,
         **throughput.interval_record(accelerator.num_processes),
     }
     accelerator.log(record, step=state.step)
+    plain_model = main_process_copy(accelerator, model)
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
         append_metrics(output_dir / "metrics.jsonl", record)
         plot_loss_curve(read_metrics(output_dir / "metrics.jsonl"), output_dir / "loss_curve.png")
-        plain_model = accelerator.unwrap_model(model)
         stories = sample_stories(plain_model, data.tokenizer, args.num_samples, seed=args.seed + state.step)
         append_samples(output_dir / "samples.md", state.step, stories)
         print(
@@ -309,6 +305,19 @@ def evaluate_and_record(model, state, data, accelerator, throughput, model_args,
             )
     state.best_val_loss = min(state.best_val_loss, record["val_loss"])
     accelerator.wait_for_everyone()
+
+
+def main_process_copy(accelerator: Accelerator, model) -> TinyStoriesGPTForCausalLM | None:
+    """The whole model on the main process (None elsewhere): unwrapped, or rebuilt from weights gathered from
+    every process when they are sharded (every process must call this)."""
+    if not is_sharded(accelerator):
+        return accelerator.unwrap_model(model) if accelerator.is_main_process else None
+    state_dict = full_state_dict(accelerator, model)
+    if not accelerator.is_main_process:
+        return None
+    plain = TinyStoriesGPTForCausalLM(accelerator.unwrap_model(model).config).to(accelerator.device)
+    plain.load_state_dict(state_dict)
+    return plain
 
 
 def save_best(model, data: TrainingData, args: TrainingArguments, **card) -> None:
