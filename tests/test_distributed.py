@@ -143,3 +143,37 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_same_message(tmp_path):
     )
     assert result.stderr.count(message) == 2, result.stderr  # each rank says it, neither hangs
     assert not (tmp_path / "run" / "checkpoints" / "step_4").exists()
+
+
+@pytest.mark.parametrize("name, distributed_type", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP")])
+def test_shipped_accelerate_configs_load(name, distributed_type):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from tinystories_gpt import modeling_tinystories_gpt
+
+    config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == distributed_type and config.mixed_precision == "bf16"
+    if name == "fsdp":  # the block class FSDP wraps must exist under that name
+        assert hasattr(modeling_tinystories_gpt, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
+
+
+def test_processes_that_do_not_form_one_group_stop_at_once(tmp_path):
+    """The shipped multi-GPU config without --cpu on a machine without GPUs: each process would run alone."""
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine these processes form a group")
+    argv = [argument for argument in tiny_args(tmp_path) if argument != "--cpu"]
+    result = launch("ddp", 2, *argv, port=29522)
+    assert result.returncode != 0
+    message = "train.py: error: the launcher started 2 processes (WORLD_SIZE=2) but each one runs alone"
+    assert result.stderr.count(message) == 2, result.stderr  # both say so, neither trains
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_deepspeed_launch_is_refused_by_name(tmp_path):
+    command = [sys.executable, str(REPO / "train.py"), *tiny_args(tmp_path)]
+    environment = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}  # what `accelerate launch` sets for DeepSpeed
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("train.py: error: this launch asks for DeepSpeed, which the training loop"), (
+        result.stderr
+    )
