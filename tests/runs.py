@@ -10,14 +10,32 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "tinystories"
+EOS = "<|endoftext|>"
 TINY_MODEL = ["--block_size", "32", "--n_layer", "2", "--n_head", "2", "--n_embd", "32"]
 
 
+def small_stories(folder: Path) -> Path:
+    """The first 400 train and 100 validation stories of the bundled sample, written into `folder` once.
+
+    Runs of seconds need a small validation split most: every run ends with a full pass over it.
+    """
+    for split, count in (("train", 400), ("validation", 100)):
+        path = folder / f"{split}.txt"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            stories = (DATA / f"{split}.txt").read_text(encoding="utf-8").split(EOS)[:count]
+            partial = path.with_suffix(".partial")
+            partial.write_text(EOS.join(stories), encoding="utf-8")
+            os.replace(partial, path)
+    return folder
+
+
 def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
-    """A run of seconds: a 512-token BPE, a 2-layer model, cached tokens shared across the test session."""
+    """A run of seconds: a few hundred stories, a 512-token BPE, a 2-layer model; the stories and their cached
+    tokens are shared by every test of the session."""
     return [
         "--dataset",
-        str(DATA),
+        str(small_stories(tmp_path.parent / "small-stories")),
         "--tokenizer",
         "bpe:512",
         "--cache_dir",
@@ -39,6 +57,8 @@ def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
         "4",
         "--eval_iters",
         "4",
+        "--eval_batch_size",
+        "64",
         "--checkpoint_interval",
         "4",
         "--num_samples",
@@ -99,3 +119,9 @@ def optimizer_tensors(checkpoint: Path) -> dict:
 def losses(run: Path) -> list[tuple]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [(record["step"], record["train_loss"], record["val_loss"]) for record in records]
+
+
+def without(argv: list[str], flag: str) -> list[str]:
+    """`argv` less one flag and its value."""
+    index = argv.index(flag)
+    return argv[:index] + argv[index + 2 :]

@@ -15,6 +15,7 @@ ORDER = [
     "data",
     "windows",
     "evaluation",
+    "budget",
     "arguments",
     "hardware",
     "distributed",

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from runs import DATA, REPO, assert_same_tensors, losses, optimizer_tensors, run_cli, tiny_args
+from runs import REPO, assert_same_tensors, losses, optimizer_tensors, run_cli, tiny_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+from tinystories_gpt.cli import evaluate as evaluate_cli
 from tinystories_gpt.evaluation import next_token_loss
 from tinystories_gpt.training import TrainingDiverged, parse_args, train
 
@@ -44,8 +45,9 @@ def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
 
     card = ModelCard.load(best / "README.md")  # local files: named as such, no Hub dataset claimed
     assert card.data.datasets is None and card.data.eval_results is None and "roneneldan" not in card.content
-    assert f"trained on local files (`{DATA}`)" in card.text
-    assert f"a full pass over the validation split of {DATA}: every token predicted once" in card.text
+    stories = tmp_path.parent / "small-stories"
+    assert f"trained on local files (`{stories}`)" in card.text
+    assert f"a full pass over the validation split of {stories}: every token predicted once" in card.text
 
 
 def test_an_unfinished_run_says_its_card_figures_are_interim(tmp_path, monkeypatch):
@@ -54,7 +56,7 @@ def test_an_unfinished_run_says_its_card_figures_are_interim(tmp_path, monkeypat
     monkeypatch.setattr(training, "finish", lambda *args, **kwargs: {})  # as if killed before the final pass
     train(*parse_args(tiny_args(tmp_path)))
     text = ModelCard.load(tmp_path / "run" / "best" / "README.md").text
-    assert "an estimate on 4 fixed batches of 8 x 32-token windows of the validation split" in text
+    assert "an estimate on 4 fixed batches of 64 x 32-token windows of the validation split" in text
     assert "interim figures" in text
 
 
@@ -204,3 +206,21 @@ def test_compiled_training_checkpoints_resume_without_compile(tmp_path):
     resumed = run_cli(*tiny_args(tmp_path, *recipe, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
+
+
+def test_a_dev_split_is_tuned_on_and_the_validation_split_scored_once(tmp_path, capsys):
+    """--dev_stories: evaluations and best/ use the dev hold-out; only the final pass sees the validation split."""
+    result = train(*parse_args(tiny_args(tmp_path, "--dev_stories", "40")))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("dev_loss" in record and "val_loss" not in record for record in records)
+    assert "step 8: train loss" in (printed := capsys.readouterr().out) and ", dev loss " in printed
+    validation = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert validation == {key: result[key] for key in validation}
+    # the same figures the evaluate command gives for the validation split; the dev split is its own
+    stories = str(tmp_path.parent / "small-stories")
+    best = str(tmp_path / "run" / "best")
+    assert evaluate_cli.main([best, "--dataset", stories, "--json", "--cache_dir", str(tmp_path / "cache")]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == validation["tokens"]
+    dev = [best, "--dataset", stories, "--split", "dev", "--dev_stories", "40", "--json"]
+    assert evaluate_cli.main(dev) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] != validation["tokens"]

@@ -40,6 +40,7 @@ class RunState:
         self.step = 0
         self.tokens_seen = 0
         self.best_val_loss = math.inf
+        self.chosen_max_iters = None  # what a --max_time run chose, once it has
         self.sampler = sampler
 
     def state_dict(self) -> dict:
@@ -47,6 +48,7 @@ class RunState:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
+            "chosen_max_iters": self.chosen_max_iters,
             "sampler": self.sampler.state_dict(),
         }
 
@@ -54,6 +56,7 @@ class RunState:
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.best_val_loss = state["best_val_loss"]
+        self.chosen_max_iters = state.get("chosen_max_iters")  # absent from checkpoints of older releases
         self.sampler.load_state_dict(state["sampler"])
 
 
