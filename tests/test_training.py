@@ -1,6 +1,7 @@
 """The training loop end to end on the bundled data, plus its recipe pieces and bad inputs."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -149,7 +150,8 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
 
 
 def test_quickstart_preset_runs_shortened(tmp_path):
-    """The README's quickstart command, cut to a few steps: it ends with a story and the output listing."""
+    """The README's quickstart command, its time budget capped at a few steps: it ends with a story, the time each
+    phase took and the output listing."""
     output_dir = tmp_path / "quickstart"
     result = run_cli(
         "--config",
@@ -157,7 +159,7 @@ def test_quickstart_preset_runs_shortened(tmp_path):
         "--max_iters",
         "12",
         "--warmup_steps",
-        "2",
+        "6",
         "--eval_interval",
         "6",
         "--eval_iters",
@@ -168,7 +170,11 @@ def test_quickstart_preset_runs_shortened(tmp_path):
         str(tmp_path / "cache"),
     )
     assert result.returncode == 0, result.stderr
-    assert "token budget: 12 steps" in result.stdout
+    assert "time budget: 9m30s from the start of the process; max_iters is chosen after 6 steps" in result.stdout
+    assert "max_iters = 12 (the --max_iters cap)" in result.stdout
+    assert re.search(
+        r"time: tokenizer [\dms]+, tokenization [\dms]+, .*, final pass [\dms]+; [\dms]+ in all", result.stdout
+    )
     assert "the best model's story for 'Once upon a time there was a pumpkin.'" in result.stdout
     assert "bits per byte" in result.stdout and f"{output_dir}/" in result.stdout
     for name in ("best", "checkpoints", "metrics.jsonl", "final_metrics.json", "loss_curve.png", "samples.md"):
