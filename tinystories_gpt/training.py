@@ -14,7 +14,6 @@ evaluation.py (losses, samples).
 
 import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,11 +24,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .arguments import DataArguments, ModelArguments, TrainingArguments, model_config, parse_args
+from .arguments import DataArguments, ModelArguments, TrainingArguments, check_fits_in_memory, model_config, parse_args
 from .checkpointing import (
     RunState,
     check_checkpoint_matches,
     describe_output_dir,
+    hold_output_dir,
     newest_checkpoint,
     prepare_output_dir,
     save_checkpoint,
@@ -37,6 +37,7 @@ from .checkpointing import (
 )
 from .data import TokenFile, prepare_data
 from .evaluation import SEED_PROMPT, estimate_loss, evaluate_split, next_token_loss, sample_stories
+from .faults import StopSignal, stop_on_signal
 from .hardware import can_compile, peak_flops, resolve_mixed_precision
 from .hub import push_to_hub, save_hub_folder
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
@@ -44,39 +45,23 @@ from .optimization import build_optimizer, learning_rate_at, set_learning_rate
 from .records import (
     append_metrics,
     append_samples,
+    evaluation_missing,
     model_flops_per_token,
     plot_loss_curve,
     read_metrics,
     training_summary,
     truncate_metrics,
+    write_replacing,
 )
 from .windows import WindowSampler, fixed_eval_batches
 
 __all__ = ["TrainingDiverged", "parse_args", "train"]
 
+EVAL_BATCHES_PER_STOP_CHECK = 4  # per process: a stop request cuts an evaluation short within this many batches
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class StopSignal:
-    """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next optimizer step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> "StopSignal":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._request)
-        return self
-
-    def _request(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 @dataclass
@@ -132,6 +117,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=str(Path(args.output_dir) / "logs"),
     )
+    check_fits_in_memory(model_args, data_args, args, accelerator.device)
+    # one run per output folder; until the loop, a stop signal ends the run at once (nothing is half-written)
+    with (
+        hold_output_dir(Path(args.output_dir), accelerator),
+        stop_on_signal("before training started", "nothing was left half-written; run the same command again"),
+    ):
+        return train_in_output_dir(accelerator, use_cuda, model_args, data_args, args)
+
+
+def train_in_output_dir(accelerator: Accelerator, use_cuda: bool, model_args, data_args, args) -> dict:
+    """`train` once the output folder is this run's alone."""
     prepare_output_dir(args, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
@@ -161,6 +157,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     throughput = Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device))
     progress = tqdm(total=args.max_iters, initial=state.step, disable=not accelerator.is_main_process, desc="training")
     model.train()
+    if evaluation_missing(Path(args.output_dir) / "metrics.jsonl", state.step, args):  # a stop had cut it short
+        evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
+    stop_requested = False
     with StopSignal() as stop:
         while state.step < args.max_iters:
             throughput.start_step()
@@ -174,7 +173,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             )
 
             if state.step % args.eval_interval == 0 or state.step == args.max_iters:
-                evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
+                finished = evaluate_and_record(
+                    model, state, data, accelerator, throughput, model_args, data_args, args, stop
+                )
+                stop_requested = stop_requested or not finished
             if state.step % args.checkpoint_interval == 0 or stop_requested or state.step == args.max_iters:
                 save_checkpoint(accelerator, state.step, config, data.tokenizer, args)
             if stop_requested:
@@ -183,7 +185,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     progress.close()
 
     # 5. the end
-    result = finish(accelerator, state, data, data_args, args, interrupted=state.step < args.max_iters)
+    last_checkpoint = args.checkpoints_dir / f"step_{state.step}"
+    with stop_on_signal("after the last step", f"{last_checkpoint} and best/ are complete; --resume redoes the rest"):
+        result = finish(
+            accelerator, state, data, data_args, args, interrupted=stop_requested or state.step < args.max_iters
+        )
     accelerator.end_training()  # also ends the process group: last
     return result
 
@@ -265,6 +271,8 @@ class Throughput:
 
     def interval_record(self, num_processes: int) -> dict:
         """Mean tokens/s (and MFU on a known GPU) since the last call; starts a new interval."""
+        if not self.steps:  # an evaluation redone on resume: no step was timed
+            return {}
         tokens_per_second = self.steps * self.tokens_per_step / max(self.seconds, 1e-9)
         record = {"tokens_per_second": tokens_per_second}
         if self.peak:
@@ -273,13 +281,20 @@ class Throughput:
         return record
 
 
-def evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args) -> None:
-    """Losses on the fixed windows (every process), then the records and best/ (the main process)."""
+def evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args, stop=None) -> bool:
+    """Losses on the fixed windows (every process), then the records and best/ (the main process).
+
+    Returns False, having recorded nothing, when `stop` was requested during the losses.
+    """
+    train_loss = estimate_loss_unless_stopped(model, data.train_eval_batches, accelerator, stop)
+    val_loss = estimate_loss_unless_stopped(model, data.val_eval_batches, accelerator, stop)
+    if train_loss is None or val_loss is None:
+        return False
     record = {
         "step": state.step,
         "tokens_seen": state.tokens_seen,
-        "train_loss": estimate_loss(model, data.train_eval_batches, accelerator),
-        "val_loss": estimate_loss(model, data.val_eval_batches, accelerator),
+        "train_loss": train_loss,
+        "val_loss": val_loss,
         "lr": learning_rate_at(state.step - 1, args),
         **throughput.interval_record(accelerator.num_processes),
     }
@@ -309,6 +324,19 @@ def evaluate_and_record(model, state, data, accelerator, throughput, model_args,
             )
     state.best_val_loss = min(state.best_val_loss, record["val_loss"])
     accelerator.wait_for_everyone()
+    return True
+
+
+def estimate_loss_unless_stopped(model, batches: list, accelerator, stop: StopSignal | None) -> float | None:
+    """`estimate_loss` a few batches per process at a time; None as soon as any process was asked to `stop`."""
+    size = EVAL_BATCHES_PER_STOP_CHECK * accelerator.num_processes
+    summed = 0.0
+    for start in range(0, len(batches), size):
+        if stop is not None and stop.agreed(accelerator):
+            return None
+        chunk = batches[start : start + size]
+        summed += estimate_loss(model, chunk, accelerator) * len(chunk)  # every batch holds as many labels
+    return summed / len(batches)
 
 
 def save_best(model, data: TrainingData, args: TrainingArguments, **card) -> None:
@@ -350,7 +378,7 @@ def finish(accelerator, state, data, data_args, args, interrupted: bool) -> dict
             training=training_summary(state.step, state.tokens_seen, data_args, args),
             samples=stories,
         )
-        (output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        write_replacing(output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n", "the final metrics")
         accelerator.print(
             f"\nvalidation (whole split): loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}, "
             f"bits per byte {final['bits_per_byte']:.4f}\n\nthe best model's story for {SEED_PROMPT!r}:\n\n"
