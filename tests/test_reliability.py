@@ -4,35 +4,45 @@ detected, and every failure one clear line (issue 16). Tiny shapes throughout (t
 import errno
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import matplotlib.figure
 import psutil
 import pytest
 import torch
+from filelock import FileLock
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from test_training import REPO, assert_same_tensors, losses, run_cli, tiny_args
+from transformers import AutoTokenizer
 
-from tinystories_gpt import faults, training
+from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, data, faults, hub, training
 from tinystories_gpt.checkpointing import LOCK_FILE, checkpoint_damage, remove_leftovers, take_run_lock
 from tinystories_gpt.cli import convert as convert_cli
 from tinystories_gpt.cli import evaluate as evaluate_cli
 from tinystories_gpt.cli import generate as generate_cli
 from tinystories_gpt.cli import train as train_cli
 from tinystories_gpt.conversion import convert_training_checkpoint
+from tinystories_gpt.data import remove_dead_scratch
 from tinystories_gpt.faults import DiskFull, Stopped, is_disk_full, removed_on_failure
+from tinystories_gpt.hub import save_hub_folder
 from tinystories_gpt.records import appending, read_metrics
+from tinystories_gpt.tokenization import GPT2_TOKENIZER_DIR, load_gpt2_tokenizer
 from tinystories_gpt.training import parse_args, train
 
 DATA = REPO / "data" / "tinystories"
 
 
 def one_line(stderr: str) -> str:
-    """The error a command line printed: its last line, which must also be its only non-progress-bar line."""
+    """The error a command line printed: its last line (progress bars aside), with no traceback anywhere."""
     lines = [line for line in stderr.strip().splitlines() if "it/s]" not in line and "examples/s]" not in line]
     assert len(lines) >= 1 and "Traceback" not in stderr, stderr
     return lines[-1]
@@ -162,8 +172,7 @@ def test_sigterm_while_tokenizing_ends_the_workers_and_leaves_no_scratch(tmp_pat
 
     assert process.returncode == 128 + signal.SIGTERM
     assert one_line(stderr) == (
-        "train.py: stopped by SIGTERM before training started: nothing was left half-written; run the same command "
-        "again"
+        "train.py: stopped by SIGTERM before the first step: nothing was left half-written; run the same command again"
     )
     time.sleep(1)  # the pool's terminate() signals its workers; give the kernel a moment to reap them
     alive = [worker.pid for worker in workers if worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE]
@@ -173,10 +182,6 @@ def test_sigterm_while_tokenizing_ends_the_workers_and_leaves_no_scratch(tmp_pat
 
 
 def test_scratch_of_a_dead_build_goes_and_that_of_a_live_one_stays(tmp_path):
-    from filelock import FileLock
-
-    from tinystories_gpt.data import remove_dead_scratch
-
     dead, live = tmp_path / ".train-0123456789abcdef.tmp", tmp_path / ".validation-fedcba9876543210.tmp"
     for scratch in (dead, live):
         scratch.mkdir()
@@ -249,8 +254,6 @@ def two_checkpoints(tmp_path_factory) -> Path:
 
 
 def damaged_copy(two_checkpoints: Path, tmp_path: Path, damage) -> Path:
-    import shutil
-
     shutil.copytree(two_checkpoints / "run", tmp_path / "run", symlinks=True)
     damage(tmp_path / "run" / "checkpoints" / "step_8")
     return tmp_path
@@ -282,7 +285,7 @@ def test_resume_skips_a_damaged_checkpoint_for_the_one_before(two_checkpoints, t
     train(*parse_args(tiny_args(root, "--resume", "--max_iters", "12", "--num_samples", "0")))
     out = capsys.readouterr().out
     assert f"warning: skipped checkpoint {checkpoints / 'step_8'}: " in out
-    assert __import__("re").search(reason, out), out
+    assert re.search(reason, out), out
     assert "Set aside as .step_8.damaged (nothing was deleted)" in out
     assert f"resumed from {checkpoints / 'step_4'} at step 4" in out
     assert (checkpoints / ".step_8.damaged").is_dir() and (checkpoints / "step_12").is_dir()
@@ -357,10 +360,6 @@ def test_a_full_disk_at_a_checkpoint_names_the_last_good_one(tmp_path, monkeypat
 
 @pytest.mark.parametrize("target", ["loss curve", "metrics", "best", "token file"])
 def test_a_full_disk_anywhere_removes_the_partial_file_and_says_so(tmp_path, monkeypatch, target):
-    import matplotlib.figure
-
-    from tinystories_gpt import data, hub
-
     if target == "loss curve":
         monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, path, **kw: fail_like_a_full_disk(path))
     elif target == "metrics":
@@ -387,8 +386,6 @@ def test_a_full_disk_anywhere_removes_the_partial_file_and_says_so(tmp_path, mon
 
 
 def test_full_disk_errors_are_recognised_however_libraries_report_them(tmp_path, monkeypatch):
-    from safetensors import SafetensorError
-
     assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
     assert is_disk_full(SafetensorError("I/O error: No space left on device (os error 28)"), tmp_path)
     short_write = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
@@ -465,12 +462,6 @@ def test_leftovers_of_a_dead_run_are_removed_and_a_best_moved_aside_is_put_back(
 
 
 def test_best_is_replaced_without_a_gap_with_the_usual_permissions(tmp_path, monkeypatch):
-    import threading
-
-    from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, hub
-    from tinystories_gpt.hub import save_hub_folder
-    from tinystories_gpt.tokenization import load_gpt2_tokenizer
-
     model = TinyStoriesGPTForCausalLM(TinyStoriesGPTConfig(block_size=16, n_layer=1, n_head=1, n_embd=8))
     tokenizer, best = load_gpt2_tokenizer(), tmp_path / "best"
     save_hub_folder(model, tokenizer, best)
@@ -550,11 +541,6 @@ def test_a_shape_that_cannot_fit_in_memory_is_refused_before_tokenizing(tmp_path
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-    from tinystories_gpt.tokenization import GPT2_TOKENIZER_DIR
-
     folder = tmp_path_factory.mktemp("model")
     TinyStoriesGPTForCausalLM(TinyStoriesGPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=16)).save_pretrained(
         folder

@@ -178,6 +178,11 @@ def take_run_lock(output_dir: Path) -> FileLock:
             f"output_dir {output_dir} is in use by another run ({describe_holder(Path(lock.lock_file).read_bytes())}"
             "). Wait for it to finish or stop it, or choose another --output_dir."
         ) from None
+    except OSError as error:  # e.g. a network filesystem without flock(2)
+        raise ValueError(
+            f"cannot lock {lock.lock_file} ({error}), so a second run could write into the same folder unnoticed; "
+            "choose an --output_dir on a local disk"
+        ) from None
     if left_behind[0].strip():
         print(
             f"warning: took over {lock.lock_file} from a run that ended without releasing it "

@@ -316,7 +316,9 @@ def tokenize_split(
 
     The ids are streamed to disk batch by batch, so memory stays flat however large the split. The token file and
     then its sidecar are renamed into place, and only a sidecar that matches marks a file complete, so an
-    interrupted build is never mistaken for a finished one.
+    interrupted build is never mistaken for a finished one. A build holds a lock (a second process waits, then
+    reuses the file) and works in a scratch folder that any failure removes (a full disk raises DiskFull); the
+    scratch folders of builds that were killed are removed by the next build in the same `cache_dir`.
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token, which marks the end of every story; set one")

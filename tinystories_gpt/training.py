@@ -121,13 +121,19 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     # one run per output folder; until the loop, a stop signal ends the run at once (nothing is half-written)
     with (
         hold_output_dir(Path(args.output_dir), accelerator),
-        stop_on_signal("before training started", "nothing was left half-written; run the same command again"),
+        stop_on_signal("before the first step", "nothing was left half-written; run the same command again"),
     ):
         return train_in_output_dir(accelerator, use_cuda, model_args, data_args, args)
 
 
-def train_in_output_dir(accelerator: Accelerator, use_cuda: bool, model_args, data_args, args) -> dict:
-    """`train` once the output folder is this run's alone."""
+def train_in_output_dir(
+    accelerator: Accelerator,
+    use_cuda: bool,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: TrainingArguments,
+) -> dict:
+    """`train`, once the output folder is this run's alone."""
     prepare_output_dir(args, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
