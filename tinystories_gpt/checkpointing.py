@@ -136,10 +136,12 @@ def hold_output_dir(output_dir: Path, accelerator: Accelerator) -> Iterator[None
         yield
     except DiskFull as error:
         checkpoint = newest_checkpoint(output_dir / "checkpoints")
+        started = any((output_dir / name).exists() for name in RUN_FILES)
         error.advice = (
             f"The last good checkpoint is {checkpoint}: free some space, then continue with --resume"
             if checkpoint
-            else "No checkpoint was written yet: free some space, then run the same command again"
+            else "No checkpoint was written yet: free some space, then start again"
+            + (" with --overwrite_output_dir" if started else "")
         )
         raise
     finally:

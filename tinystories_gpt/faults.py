@@ -12,6 +12,7 @@ The command lines print either as one line (`run_command`).
 """
 
 import errno
+import gc
 import os
 import shutil
 import signal
@@ -168,13 +169,15 @@ def run_command(
     try:
         with stop or nullcontext():
             command()
+        return 0
     except BAD_INPUT as error:  # the message names the value and the fix: a traceback would only bury it
-        return _report(f"{prog}: error: {error}", 2)
+        failure = f"{prog}: error: {error}", 2
     except (DiskFull, HfHubHTTPError, httpx.RequestError, *failures) as error:
-        return _report(f"{prog}: error: {error}", 1)
+        failure = f"{prog}: error: {error}", 1
     except Stopped as stopped:
-        return _report(f"{prog}: {stopped}", stopped.exit_status)
-    return 0
+        failure = f"{prog}: {stopped}", stopped.exit_status
+    gc.collect()  # the failed work's frames go, and with them its progress bars, which print as they close
+    return _report(*failure)
 
 
 def _report(message: str, status: int) -> int:
