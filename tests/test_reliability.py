@@ -19,9 +19,9 @@ import psutil
 import pytest
 import torch
 from filelock import FileLock
+from runs import REPO, assert_same_tensors, losses, run_cli, tiny_args
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from test_training import REPO, assert_same_tensors, losses, run_cli, tiny_args
 from transformers import AutoTokenizer
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, data, faults, hub, training

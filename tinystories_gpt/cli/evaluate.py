@@ -24,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset", required=True, help="a Hub dataset name or a local path, e.g. data/tinystories in a checkout"
     )
-    parser.add_argument("--split", default="validation", choices=("train", "validation"))
+    parser.add_argument("--split", default="validation", choices=("train", "validation", "dev"))
     parser.add_argument("--validation_split_percentage", type=float, default=5.0)
+    parser.add_argument(
+        "--dev_stories", type=int, default=0, help="with --split dev: the last N train stories, as train.py holds out"
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--cache_dir", default=None, help="where token files are cached")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -41,11 +44,13 @@ def evaluate(args: argparse.Namespace) -> None:
     """Score the model on the split and print the figures."""
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be a positive integer, got {args.batch_size}")
+    if args.split == "dev" and args.dev_stories <= 0:
+        raise ValueError("--split dev needs --dev_stories N, the number of stories the training run held out")
     model, tokenizer = load_model_and_tokenizer(args.model, args.trust_remote_code, args.device)
     check_vocab_fits(tokenizer, model.config.vocab_size)
-    texts = load_text_splits(args.dataset, args.validation_split_percentage, splits=(args.split,))[args.split]
+    splits = load_text_splits(args.dataset, args.validation_split_percentage, args.dev_stories, splits=(args.split,))
     with tempfile.TemporaryDirectory() as scratch:
-        split = tokenize_split(texts, tokenizer, args.cache_dir or scratch, args.split)
+        split = tokenize_split(splits[args.split], tokenizer, args.cache_dir or scratch, args.split)
         figures = evaluate_split(model, split, batch_size=args.batch_size, progress=not args.json)
     figures = {"model": args.model, "dataset": args.dataset, "split": args.split, **figures}
     if args.json:
