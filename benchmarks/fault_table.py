@@ -88,6 +88,10 @@ def wait_for_path(process: subprocess.Popen, folder: Path, pattern: str, timeout
         time.sleep(poll)
 
 
+def stopped_line(stdout: str) -> str:
+    return next((line for line in stdout.splitlines() if line.startswith("stopped by signal")), "no stop line")
+
+
 def fresh(name: str) -> Path:
     folder = WORK / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -395,7 +399,7 @@ def stops_in_evaluation_and_final_pass() -> None:
     row(
         "SIGTERM during an evaluation (--eval_iters 2000)",
         1,
-        f"exit {process.returncode} {took:.1f} s after the signal (`{out.strip().splitlines()[-1]}`); --resume "
+        f"exit {process.returncode} {took:.1f} s after the signal (`{stopped_line(out)}`); --resume "
         f"redid the evaluation first ({evaluation:.0f} s with start-up and the final pass), exit {redo.returncode}",
     )
 
@@ -529,7 +533,7 @@ def main() -> None:
     table = ["| fault | tries | outcome |", "|---|---|---|", *(f"| {' | '.join(cells)} |" for cells in ROWS)]
     header = (
         f"# Fault table (issue 16)\n\n`python benchmarks/fault_table.py` on {cpu} ({os.cpu_count()} cores, "
-        f"{platform.python_version()}), {(time.monotonic() - began) / 60:.0f} minutes.\n\n"
+        f"Python {platform.python_version()}), {(time.monotonic() - began) / 60:.0f} minutes.\n\n"
     )
     if args.only is None:
         args.out.write_text(header + "\n".join(table) + "\n")

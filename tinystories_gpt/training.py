@@ -200,17 +200,10 @@ def train_in_output_dir(
 
             choosing = budget and args.max_iters is None and state.step == decision_step(args.warmup_steps)
             if choosing or state.step % args.eval_interval == 0 or state.step == args.max_iters:
-                with clock.timing("evaluations"):  # not cut short when its costs are to fix max_iters
+                with clock.timing("evaluations"):
+                    interruptible = None if choosing else stop  # when its costs fix max_iters, it must finish
                     costs = evaluate_and_record(
-                        model,
-                        state,
-                        data,
-                        accelerator,
-                        throughput,
-                        model_args,
-                        data_args,
-                        args,
-                        None if choosing else stop,
+                        model, state, data, accelerator, throughput, model_args, data_args, args, interruptible
                     )
                 stop_requested = stop_requested or costs is None
             if choosing:  # from here on, exactly the run that was given this max_iters
