@@ -289,22 +289,24 @@ def test_a_missing_or_wrong_sidecar_means_rebuild(story_folder, tmp_path, gpt2):
 
 def test_an_interrupted_build_leaves_nothing_that_looks_complete(story_folder, tmp_path, gpt2, monkeypatch):
     texts = load_text_splits(story_folder)["train"]
-    real_write = data._write_tokens
+    real_write, real_rmtree = data._write_tokens, shutil.rmtree
 
     def killed_while_writing(encoded, path, dtype):
         path.write_bytes(b"\1\2\3\4")  # half a file
         raise KeyboardInterrupt
 
     monkeypatch.setattr(data, "_write_tokens", killed_while_writing)
-    monkeypatch.setattr(data.shutil, "rmtree", lambda *args, **kwargs: None)  # as if killed: no clean-up ran
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # as if killed: no clean-up ran
     with pytest.raises(KeyboardInterrupt):
         tokenize_split(texts, gpt2, tmp_path, "train")
     assert not list(tmp_path.glob("train-*"))  # only the hidden scratch folder is left
+    assert len(list(tmp_path.glob(".train-*.tmp"))) == 1
     monkeypatch.setattr(data, "_write_tokens", real_write)
-    monkeypatch.setattr(data.shutil, "rmtree", shutil.rmtree)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
     token_file = tokenize_split(texts, gpt2, tmp_path, "train")
     assert token_file.num_stories == len(TRAIN)
     assert token_file.tokens()[-1] == gpt2.eos_token_id
+    assert not list(tmp_path.glob(".*.tmp"))  # the dead build's scratch went with the next build
 
 
 def test_prepared_bundled_sample_with_a_byte_tokenizer(tmp_path):

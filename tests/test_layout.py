@@ -12,6 +12,7 @@ ORDER = [
     "configuration_tinystories_gpt",
     "modeling_tinystories_gpt",
     "tokenization",
+    "faults",
     "data",
     "windows",
     "evaluation",

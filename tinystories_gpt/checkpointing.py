@@ -1,24 +1,39 @@
 """The output folder and the resumable state in it: what a run owns, its checkpoints, and how they are replaced.
 
     output_dir/
+      .run.lock             held by the run writing here (host, PID, start time inside); a second run is refused
       checkpoints/step_N/   accelerator.save_state (model, optimizer, RNGs, RunState) + config.json + tokenizer/
+                            + checkpoint_files.json (every file and its size, written last)
       checkpoints/.step_N.tmp    a checkpoint being written; renamed to step_N once complete
       checkpoints/.step_N.diverged   the weights of a step whose loss was not finite, set aside (never deleted)
+      checkpoints/.step_N.damaged    a checkpoint that failed verification on --resume, set aside (never deleted)
       best/, metrics.jsonl, ...  see RUN_FILES
 
-A checkpoint is only ever taken at an optimizer-step boundary, so `--resume` continues the run bit for bit.
+A checkpoint is only ever taken at an optimizer-step boundary, so `--resume` continues the run bit for bit; it is
+verified before use (`checkpoint_damage`), and a damaged one is skipped for the one before.
 """
 
+import json
 import math
 import os
 import shutil
+import socket
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from filelock import FileLock, Timeout
+from safetensors import safe_open
 
 from .arguments import TrainingArguments
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
+from .faults import DiskFull, remove, removed_on_failure
 
 # What a run writes into output_dir, and what each holds
 RUN_FILES = {
@@ -31,6 +46,10 @@ RUN_FILES = {
     "logs": "tracker logs (tensorboard, ...)",
 }
 SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
+LOCK_FILE = ".run.lock"
+MANIFEST = "checkpoint_files.json"
+# What a checkpoint written before manifests must hold to be resumed (save_state's files for one process)
+RESUME_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl", "config.json")
 
 
 class RunState:
@@ -61,26 +80,148 @@ class RunState:
 
 
 def prepare_output_dir(args: TrainingArguments, is_main_process: bool) -> None:
-    """Refuse to mix two runs in one folder; with overwrite_output_dir, clear only this project's files."""
+    """Refuse to mix two runs in one folder; with overwrite_output_dir, clear only this project's files.
+
+    With resume, the main process makes sure a usable checkpoint is there, setting damaged newer ones aside.
+    """
     output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output_dir {output_dir} is a file; pass a folder.")
     existing = [name for name in RUN_FILES if (output_dir / name).exists()]
     if args.resume:
-        if newest_checkpoint(args.checkpoints_dir) is None:
+        found = complete_checkpoints(args.checkpoints_dir)
+        if is_main_process and usable_checkpoint(args.checkpoints_dir) is None:
+            why = f"the {len(found)} found were damaged (see above)" if found else "none was written yet"
             raise FileNotFoundError(
-                f"--resume found no complete checkpoint in {args.checkpoints_dir}. Start a fresh run without --resume."
+                f"--resume found no usable checkpoint in {args.checkpoints_dir}: {why}. Start the run again with "
+                f"--overwrite_output_dir (this replaces {', '.join(existing) or 'nothing'}), or choose another "
+                "--output_dir."
             )
         return
     if existing and not args.overwrite_output_dir:
+        choices = (
+            "Pass --resume to continue it, --overwrite_output_dir to replace it,"
+            if newest_checkpoint(args.checkpoints_dir)
+            else "It has no checkpoint to resume from: pass --overwrite_output_dir to start it again,"
+        )
         raise ValueError(
-            f"output_dir {output_dir} already holds another run ({', '.join(existing)}). Pass --resume to continue "
-            "it, --overwrite_output_dir to replace it, or choose another --output_dir."
+            f"output_dir {output_dir} already holds another run ({', '.join(existing)}). {choices} or choose "
+            "another --output_dir."
         )
     if existing and is_main_process:
         for name in existing:
-            path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            remove(output_dir / name)
+
+
+# One run per folder ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def hold_output_dir(output_dir: Path, accelerator: Accelerator) -> Iterator[None]:
+    """Hold `output_dir` for one run: the main process locks it, every process learns at once whether it did.
+
+    A second run on the folder is refused naming the holder; what a dead run left half-written is removed (the lock
+    proves nobody is writing it); a disk-full error on the way out names the last good checkpoint.
+    """
+    lock = refusal = None
+    if accelerator.is_main_process:
+        try:
+            lock = take_run_lock(output_dir)
+        except ValueError as error:
+            refusal = str(error)
+    if accelerator.num_processes > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise ValueError(refusal)
+    try:
+        if accelerator.is_main_process:
+            removed = remove_leftovers(output_dir)
+            if removed:
+                print(f"removed what an interrupted run left half-written: {', '.join(removed)}")
+        yield
+    except DiskFull as error:
+        checkpoint = newest_checkpoint(output_dir / "checkpoints")
+        started = any((output_dir / name).exists() for name in RUN_FILES)
+        error.advice = (
+            f"The last good checkpoint is {checkpoint}: free some space, then continue with --resume"
+            if checkpoint
+            else "No checkpoint was written yet: free some space, then start again"
+            + (" with --overwrite_output_dir" if started else "")
+        )
+        raise
+    finally:
+        if lock is not None:
+            os.truncate(lock.lock_file, 0)  # an empty lock file tells the next run that this one ended cleanly
+            lock.release()
+
+
+def take_run_lock(output_dir: Path) -> FileLock:
+    """Lock `output_dir/.run.lock` for this process and write who holds it; ValueError naming the holder if taken.
+
+    flock(2) locks end with their process, however it ends, so a lock file still holding a record when we get it
+    was left by a run that was killed: it is taken over, with a warning naming that run.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {output_dir} is a file; pass a folder.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(sys.argv),
+    }
+    left_behind = []
+
+    def record_holder(fd: int) -> None:
+        left_behind.append(os.pread(fd, 1 << 16, 0))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+
+    lock = FileLock(output_dir / LOCK_FILE, on_acquired=record_holder, preserve_lock_file=True)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise ValueError(
+            f"output_dir {output_dir} is in use by another run ({describe_holder(Path(lock.lock_file).read_bytes())}"
+            "). Wait for it to finish or stop it, or choose another --output_dir."
+        ) from None
+    except OSError as error:  # e.g. a network filesystem without flock(2)
+        raise ValueError(
+            f"cannot lock {lock.lock_file} ({error}), so a second run could write into the same folder unnoticed; "
+            "choose an --output_dir on a local disk"
+        ) from None
+    if left_behind[0].strip():
+        print(
+            f"warning: took over {lock.lock_file} from a run that ended without releasing it "
+            f"({describe_holder(left_behind[0])}); it no longer holds the lock"
+        )
+    return lock
+
+
+def describe_holder(record: bytes) -> str:
+    """ "PID 12 on host h since 2026-12-01 10:00:00 UTC (train.py ...)" from a lock file's record."""
+    try:
+        holder = json.loads(record)
+        return f"PID {holder['pid']} on host {holder['host']} since {holder['since']}: {holder['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "its details are not written yet"
+
+
+def remove_leftovers(output_dir: Path) -> list[str]:
+    """Delete the partial files and folders of a run that died while writing them; returns their names.
+
+    Only names this package writes are touched (`.best.*.tmp` and the like, `checkpoints/.step_N.tmp`). A best/
+    moved aside but never replaced (a kill between the two renames where the filesystem cannot swap folders) is
+    put back first.
+    """
+    best = output_dir / "best"
+    for aside in sorted(output_dir.glob(".best.*.old")):
+        if not best.exists() and (aside / "best").is_dir():
+            os.replace(aside / "best", best)
+    patterns = [f".{name}.*tmp" for name in RUN_FILES] + [f".{name}.*.old" for name in RUN_FILES]
+    patterns += ["checkpoints/.step_*.tmp", "loss_curve.png.tmp.png"]  # the last: the name before this release
+    leftovers = sorted({path for pattern in patterns for path in output_dir.glob(pattern)})
+    for path in leftovers:
+        remove(path)
+    return [str(path.relative_to(output_dir)) for path in leftovers]
 
 
 def describe_output_dir(output_dir: Path) -> str:
@@ -104,23 +245,93 @@ def newest_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, step: int, config: TinyStoriesGPTConfig, tokenizer, args) -> Path:
-    """`accelerator.save_state` into a temporary folder, renamed into place once every file is written."""
+    """`accelerator.save_state` into a temporary folder, renamed into place once every file is written.
+
+    A failure removes the partial folder (a full disk raises DiskFull), so the checkpoints left are all complete.
+    """
     final = args.checkpoints_dir / f"step_{step}"
     partial = args.checkpoints_dir / f".step_{step}.tmp"
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial), safe_serialization=True)  # under FSDP, every process writes its shard
-    accelerator.wait_for_everyone()
+    with removed_on_failure(partial, f"checkpoint step_{step}"):
+        accelerator.save_state(str(partial), safe_serialization=True)  # under FSDP, every process writes its shard
+        accelerator.wait_for_everyone()  # every process has written its files before the folder is sealed
+        if accelerator.is_main_process:
+            config.save_pretrained(partial)  # lets convert.py and --resume check shapes without loading weights
+            tokenizer.save_pretrained(partial / "tokenizer")
+            write_manifest(partial)
     if accelerator.is_main_process:
-        config.save_pretrained(partial)  # lets convert.py and --resume check shapes without loading weights
-        tokenizer.save_pretrained(partial / "tokenizer")
-        shutil.rmtree(final, ignore_errors=True)
+        remove(final)
         os.replace(partial, final)
         for old in complete_checkpoints(args.checkpoints_dir)[: -args.keep_checkpoints]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def write_manifest(checkpoint: Path) -> None:
+    """Record every file of a checkpoint and its size, so that a later check sees any file missing or cut short."""
+    files = {str(path.relative_to(checkpoint)): path.stat().st_size for path in checkpoint.rglob("*") if path.is_file()}
+    (checkpoint / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def checkpoint_damage(checkpoint: Path, required: tuple[str, ...] = RESUME_FILES) -> str | None:
+    """What makes `checkpoint` unusable, in words, or None if it is complete and readable.
+
+    Every file its manifest lists must be there with the size it had when saved (a checkpoint written before
+    manifests must hold the `required` files); every safetensors header must parse and cover its file; every
+    PyTorch file (.bin, .pkl) must end with its zip directory, which a cut-short file lacks.
+    """
+    manifest = checkpoint / MANIFEST
+    if manifest.is_file():
+        try:
+            sizes = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            return f"its {MANIFEST} is unreadable"
+        for name, size in sizes.items():
+            path = checkpoint / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} is {path.stat().st_size:,} bytes, {size:,} when it was saved"
+    else:
+        missing = [name for name in required if not (checkpoint / name).is_file()]
+        if missing:
+            return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+    for path in sorted(checkpoint.rglob("*")):
+        name = path.relative_to(checkpoint)
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except Exception as error:  # safetensors raises its own SafetensorError for every kind of damage
+                return f"{name} does not read as safetensors ({error})"
+        elif path.suffix in (".bin", ".pkl") and not zipfile.is_zipfile(path):
+            return f"{name} is not a complete PyTorch file (its zip directory is missing)"
+    return None
+
+
+def usable_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The newest checkpoint that passes `checkpoint_damage`; newer damaged ones are set aside with a warning."""
+    for checkpoint in reversed(complete_checkpoints(checkpoints_dir)):
+        damage = checkpoint_damage(checkpoint)
+        if damage is None:
+            return checkpoint
+        aside = set_aside(checkpoint, "damaged")
+        print(f"warning: skipped checkpoint {checkpoint}: {damage}. Set aside as {aside.name} (nothing was deleted)")
+    return None
+
+
+def set_aside(checkpoint: Path, why: str) -> Path:
+    """Hide a checkpoint from --resume under `.step_N.{why}` (renamed, never deleted); returns the new path."""
+    aside = checkpoint.with_name(f".{checkpoint.name}.{why}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = checkpoint.with_name(f".{checkpoint.name}.{why}.{number}")
+    os.replace(checkpoint, aside)
+    return aside
 
 
 def check_checkpoint_matches(checkpoint: Path, config: TinyStoriesGPTConfig) -> None:
@@ -145,6 +356,6 @@ def set_aside_diverged(checkpoints_dir: Path, step: int, accelerator: Accelerato
     """
     diverged = checkpoints_dir / f"step_{step}"
     if accelerator.is_main_process and diverged.is_dir():
-        os.replace(diverged, checkpoints_dir / f".step_{step}.diverged")
+        set_aside(diverged, "diverged")
     accelerator.wait_for_everyone()
     return str(newest_checkpoint(checkpoints_dir) or "none (no checkpoint was written yet)")

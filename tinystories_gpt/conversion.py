@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import (
     AutoTokenizer,
@@ -28,6 +29,7 @@ from transformers import (
 )
 from transformers.activations import ACT2FN
 
+from .checkpointing import checkpoint_damage
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
 from .hub import check_output_dir, staged_folder, write_hub_folder
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
@@ -65,7 +67,16 @@ def load_torch_checkpoint(path: str | Path) -> dict:
                 "value, and unpickling it could run arbitrary code. If you trust the file, re-save just the "
                 "weights: torch.save({'model': model.state_dict(), 'model_args': {...}}, 'ckpt.pt')"
             ) from None
-        raise ValueError(f"could not read {path} as a PyTorch checkpoint ({message.splitlines()[0]})") from None
+        if _is_safetensors(path):
+            raise ValueError(
+                f"{path} is a safetensors file, not a PyTorch checkpoint: put it in a folder as model.safetensors "
+                "and convert that folder with `convert.py checkpoint FOLDER OUT --tokenizer gpt2 --n_head N`"
+            ) from None
+        # torch's first line advises weights_only=False, which would not read a file torch cannot parse either
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+        raise ValueError(
+            f"could not read {path} as a PyTorch checkpoint ({reason.group(1) if reason else message.splitlines()[0]})"
+        ) from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict or a nanoGPT checkpoint")
     return checkpoint
@@ -323,6 +334,9 @@ def convert_training_checkpoint(
     check_output_dir(output_dir, overwrite)
     if not state_dir.is_dir():
         raise FileNotFoundError(f"checkpoint folder {state_dir} does not exist; pass a checkpoints/step_N folder")
+    damage = checkpoint_damage(state_dir, required=())  # the check --resume makes; the weights are checked below
+    if damage:
+        raise ValueError(f"checkpoint {state_dir} is damaged: {damage}; convert an earlier checkpoints/step_N")
     if (state_dir / "model.safetensors").is_file():
         weights_file = state_dir / "model.safetensors"
         raw_state_dict = load_file(weights_file)
@@ -490,6 +504,14 @@ def _load_pretrained(model_dir: str | Path, model_class: type[PreTrainedModel], 
             f"{model_dir} holds no loadable tokenizer ({error}); save one beside the model"
         ) from None
     return model, tokenizer
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        with safe_open(path, framework="pt"):
+            return True
+    except Exception:  # safetensors raises its own SafetensorError for anything else
+        return False
 
 
 def _listing(names, limit: int = 8) -> str:

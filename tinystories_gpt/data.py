@@ -13,10 +13,10 @@ import codecs
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
-from datasets.exceptions import DatasetNotFoundError
+from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
+from filelock import FileLock, Timeout
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from .faults import remove, removed_on_failure
 from .tokenization import EOS_TOKEN, load_tokenizer, tokenizer_fingerprint
 
 DEFAULT_DATASET = "roneneldan/TinyStories"
@@ -39,6 +41,7 @@ TEXT_COLUMN = "text"
 # the others are datasets' packaged builders.
 FILE_READERS = {".txt": "stories", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 FORMAT_VERSION = 1  # bump when the story reader or the token file layout changes, to rebuild old caches
+SCRATCH_SUFFIX = ".tmp"  # `.{split}-{key}.tmp`: where a token file is built, beside its lock `.{split}-{key}.lock`
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -46,19 +49,24 @@ FORMAT_VERSION = 1  # bump when the story reader or the token file layout change
 
 
 def load_text_splits(
-    dataset: str | Path = DEFAULT_DATASET, validation_split_percentage: float = 5.0, dev_stories: int = 0
+    dataset: str | Path = DEFAULT_DATASET,
+    validation_split_percentage: float = 5.0,
+    dev_stories: int = 0,
+    splits: tuple[str, ...] | None = None,
 ) -> DatasetDict:
-    """Load stories as a DatasetDict with `train` and `validation` splits, each with a `text` column.
+    """Load stories as a DatasetDict with `train` and `validation` splits (or the `splits` named), each with a
+    `text` column.
 
     `dataset` is a Hub dataset name (loaded with `datasets.load_dataset`) or a local path: a folder holding
     `train.<ext>` and optionally `validation.<ext>`, a single file, or a folder written by `save_to_disk`.
     Extensions: `.txt` (stories separated by lines holding `<|endoftext|>`, like the official TinyStories text
     files), `.jsonl`/`.json` (a `text` field), `.parquet`. Without a validation split, the first
     `validation_split_percentage` percent of the stories are held out as one (as in Transformers' run_clm.py),
-    which is deterministic and keeps the files' order. With `dev_stories`, the last that many train stories become
-    a third split, `dev`, for tuning without looking at the validation split.
+    which is deterministic and keeps the files' order (asked for train alone, a hold-out of no story is allowed).
+    With `dev_stories`, the last that many train stories become a third split, `dev`, for tuning without looking
+    at the validation split.
     """
-    return _load_splits(dataset, validation_split_percentage, dev_stories)[0]
+    return _load_splits(dataset, validation_split_percentage, dev_stories, splits)[0]
 
 
 def is_local_source(dataset: str | Path) -> bool:
@@ -67,9 +75,9 @@ def is_local_source(dataset: str | Path) -> bool:
 
 
 def _load_splits(
-    dataset: str | Path, validation_split_percentage: float, dev_stories: int = 0
+    dataset: str | Path, validation_split_percentage: float, dev_stories: int = 0, wanted: tuple[str, ...] | None = None
 ) -> tuple[DatasetDict, bool]:
-    """(the splits, whether the validation split was held out of train)."""
+    """(the `wanted` splits, by default all there are, and whether the validation split was held out of train)."""
     splits = _load_local(Path(dataset).expanduser()) if is_local_source(dataset) else _load_hub(str(dataset))
     if "train" not in splits:
         raise ValueError(f"{dataset} has no train split (splits found: {', '.join(splits)}); name one 'train'")
@@ -77,10 +85,11 @@ def _load_splits(
         _check_text_split(split, name, dataset)
     held_out = "validation" not in splits
     if held_out:
-        splits = _hold_out(splits["train"], validation_split_percentage, dataset)
+        need_validation = wanted is None or "validation" in wanted
+        splits = _hold_out(splits["train"], validation_split_percentage, dataset, need_validation)
     if dev_stories:
         splits |= _dev_split(splits["train"], dev_stories, dataset)
-    names = (*SPLITS, "dev") if dev_stories else SPLITS
+    names = wanted or ((*SPLITS, "dev") if dev_stories else SPLITS)
     return DatasetDict({name: splits[name].select_columns(TEXT_COLUMN) for name in names}), held_out
 
 
@@ -153,7 +162,35 @@ def _load_file(path: Path, split: str) -> Dataset:
                 "stories", FORMAT_VERSION, str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns
             ),
         )
-    return datasets.load_dataset(reader, data_files={split: str(path)}, split=split)
+    try:
+        return datasets.load_dataset(reader, data_files={split: str(path)}, split=split)
+    except DatasetGenerationError as error:  # its message names no row: find it, or name the root cause
+        where = _first_invalid_json(path) if reader == "json" else None
+        if where:
+            raise ValueError(f"{path} is not valid JSON: {where}; fix or delete that line") from None
+        cause = error.__cause__ or error
+        raise ValueError(f"{path} could not be read as {reader} ({type(cause).__name__}: {cause})") from None
+
+
+def _first_invalid_json(path: Path) -> str | None:
+    """Where a .json or .jsonl file stops being JSON objects, in words, or None if it parses."""
+    with open(path, encoding="utf-8") as file:
+        if path.suffix == ".json":  # one document, or JSON Lines ("Extra data" after the first)
+            try:
+                json.load(file)
+                return None
+            except json.JSONDecodeError as error:
+                if error.msg != "Extra data":
+                    return f"line {error.lineno}, column {error.colno}: {error.msg}"
+            file.seek(0)
+        for number, line in enumerate(file, start=1):
+            try:
+                row = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError as error:
+                return f"line {number}, column {error.colno}: {error.msg}"
+            if not isinstance(row, dict):
+                return f"line {number} holds a JSON {type(row).__name__}, not an object with a {TEXT_COLUMN!r} field"
+    return None
 
 
 def _holds_no_stories(path: Path, reader: str) -> bool:
@@ -203,9 +240,9 @@ def _check_utf8(path: Path, chunk_size: int = 1 << 20) -> bool:
             offset += len(chunk)
 
 
-def _hold_out(train: Dataset, percentage: float, dataset: str | Path) -> dict[str, Dataset]:
+def _hold_out(train: Dataset, percentage: float, dataset: str | Path, need_validation: bool) -> dict[str, Dataset]:
     num_validation = round(len(train) * percentage / 100)
-    if not 0 < num_validation < len(train):
+    if num_validation < int(need_validation) or num_validation >= len(train):  # train needs a story; so may validation
         raise ValueError(
             f"{dataset} has no validation split, and holding out validation_split_percentage={percentage}% of its "
             f"{len(train)} stories leaves {num_validation} for validation; choose a percentage that keeps at least "
@@ -309,7 +346,9 @@ def tokenize_split(
 
     The ids are streamed to disk batch by batch, so memory stays flat however large the split. The token file and
     then its sidecar are renamed into place, and only a sidecar that matches marks a file complete, so an
-    interrupted build is never mistaken for a finished one.
+    interrupted build is never mistaken for a finished one. A build holds a lock (a second process waits, then
+    reuses the file) and works in a scratch folder that any failure removes (a full disk raises DiskFull); the
+    scratch folders of builds that were killed are removed by the next build in the same `cache_dir`.
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token, which marks the end of every story; set one")
@@ -318,53 +357,100 @@ def tokenize_split(
     key = _hash(FORMAT_VERSION, source_fingerprint, tokenizer_hash)[:16]
     cache_dir = Path(cache_dir)
     bin_path, meta_path = cache_dir / f"{split}-{key}.bin", cache_dir / f"{split}-{key}.json"
-    meta = _read_meta(meta_path, bin_path)
-    if meta and meta["source_fingerprint"] == source_fingerprint and meta["tokenizer_fingerprint"] == tokenizer_hash:
+    meta = _matching_meta(meta_path, bin_path, source_fingerprint, tokenizer_hash)
+    if meta:
         return _token_file(bin_path, meta)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the file being rebuilt
-    dtype = "uint16" if len(tokenizer) <= 1 << 16 else "uint32"
-    scratch = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{split}-{key}-"))
-    try:
-        encoded = (
-            texts.select_columns(TEXT_COLUMN)
-            .with_format("arrow")
-            .map(
-                _encode_batch,
-                batched=True,
-                num_proc=num_proc,
-                fn_kwargs={
-                    "backend": tokenizer.backend_tokenizer,
-                    "eos_token_id": tokenizer.eos_token_id,
-                    "dtype": dtype,
-                },
-                remove_columns=[TEXT_COLUMN],
-                features=datasets.Features(
-                    {"input_ids": datasets.List(datasets.Value(dtype)), "num_bytes": datasets.Value("int64")}
-                ),
-                cache_file_name=str(scratch / "encoded.arrow"),  # intermediate: deleted with the scratch folder
-                load_from_cache_file=False,
-                new_fingerprint=key,  # skips hashing the tokenizer, which is slow and already done
-                desc=f"Tokenizing {split}",
+    remove_dead_scratch(cache_dir)
+    with _build_lock(cache_dir, f"{split}-{key}"):
+        meta = _matching_meta(meta_path, bin_path, source_fingerprint, tokenizer_hash)  # built while we waited?
+        if meta:
+            return _token_file(bin_path, meta)
+        meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the file being rebuilt
+        scratch = cache_dir / f".{split}-{key}{SCRATCH_SUFFIX}"
+        remove(scratch)  # left by a run that died building it: the lock says none is building it now
+        scratch.mkdir()
+        with removed_on_failure(scratch, f"the {split} token file"):
+            meta = _build_token_file(texts, tokenizer, scratch, key, split, num_proc)
+            meta.update(
+                split=split,
+                source_fingerprint=source_fingerprint,
+                tokenizer_fingerprint=tokenizer_hash,
+                format_version=FORMAT_VERSION,
+                eos_token_id=tokenizer.eos_token_id,
+                vocab_size=len(tokenizer),
             )
-        )
-        meta = _write_tokens(encoded, scratch / "tokens.bin", dtype)
-        del encoded  # release its memory map before the scratch folder goes
-        meta.update(
-            split=split,
-            source_fingerprint=source_fingerprint,
-            tokenizer_fingerprint=tokenizer_hash,
-            format_version=FORMAT_VERSION,
-            eos_token_id=tokenizer.eos_token_id,
-            vocab_size=len(tokenizer),
-        )
-        (scratch / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(scratch / "tokens.bin", bin_path)
-        os.replace(scratch / "meta.json", meta_path)  # last: from here on the pair counts as complete
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            (scratch / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            os.replace(scratch / "tokens.bin", bin_path)
+            os.replace(scratch / "meta.json", meta_path)  # last: from here on the pair counts as complete
+        remove(scratch)  # what is left: datasets' intermediate files
     return _token_file(bin_path, meta)
+
+
+def _build_token_file(
+    texts: Dataset, tokenizer: PreTrainedTokenizerFast, scratch: Path, key: str, split: str, num_proc: int | None
+) -> dict:
+    """Encode `texts` (in `num_proc` worker processes) and stream the ids into `scratch/tokens.bin`."""
+    dtype = "uint16" if len(tokenizer) <= 1 << 16 else "uint32"
+    encoded = (
+        texts.select_columns(TEXT_COLUMN)
+        .with_format("arrow")
+        .map(
+            _encode_batch,
+            batched=True,
+            num_proc=num_proc,
+            fn_kwargs={"backend": tokenizer.backend_tokenizer, "eos_token_id": tokenizer.eos_token_id, "dtype": dtype},
+            remove_columns=[TEXT_COLUMN],
+            features=datasets.Features(
+                {"input_ids": datasets.List(datasets.Value(dtype)), "num_bytes": datasets.Value("int64")}
+            ),
+            cache_file_name=str(scratch / "encoded.arrow"),  # intermediate: deleted with the scratch folder
+            load_from_cache_file=False,
+            new_fingerprint=key,  # skips hashing the tokenizer, which is slow and already done
+            desc=f"Tokenizing {split}",
+        )
+    )
+    meta = _write_tokens(encoded, scratch / "tokens.bin", dtype)
+    del encoded  # release its memory map before the scratch folder goes
+    return meta
+
+
+@contextmanager
+def _build_lock(cache_dir: Path, name: str) -> Iterator[None]:
+    """Hold `cache_dir/.{name}.lock` while building `name`: a second run on the same cache waits for the first one
+    and reuses its file, where both would otherwise build it. flock(2) locks end with their process, so a
+    killed build never blocks the next one."""
+    lock = FileLock(cache_dir / f".{name}.lock")
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        print(f"waiting for another process to finish building {cache_dir / name}.bin ...", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def remove_dead_scratch(cache_dir: Path) -> list[Path]:
+    """Delete the scratch folders of builds that died (killed, or a power cut) in `cache_dir`; returns them.
+
+    A build holds its lock while its scratch folder exists, so a scratch folder whose lock is free is dead.
+    """
+    removed = []
+    for scratch in cache_dir.glob(f".*{SCRATCH_SUFFIX}"):
+        lock = FileLock(cache_dir / f"{scratch.name.removesuffix(SCRATCH_SUFFIX)}.lock")
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            continue  # being built right now
+        try:
+            remove(scratch)
+            removed.append(scratch)
+        finally:
+            lock.release()
+    return removed
 
 
 def _encode_batch(batch: pa.Table, backend: Tokenizer, eos_token_id: int, dtype: str) -> pa.Table:
@@ -398,6 +484,14 @@ def dataset_fingerprint(texts: Dataset) -> str:
     read every row), so this is the one place that reads it.
     """
     return texts._fingerprint
+
+
+def _matching_meta(meta_path: Path, bin_path: Path, source_fingerprint: str, tokenizer_hash: str) -> dict | None:
+    """The sidecar of a complete token file built from these texts with this tokenizer, or None."""
+    meta = _read_meta(meta_path, bin_path)
+    if meta and meta["source_fingerprint"] == source_fingerprint and meta["tokenizer_fingerprint"] == tokenizer_hash:
+        return meta
+    return None
 
 
 def _read_meta(meta_path: Path, bin_path: Path) -> dict | None:

@@ -15,10 +15,12 @@ Training writes its best model with `save_hub_folder`; the converters in convers
 `staged_folder` + `write_hub_folder`, so that they can check the written files before they replace anything.
 """
 
+import ctypes
+import errno
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .evaluation import TEMPERATURE, TOP_K
+from .faults import removed_on_failure
 from .tokenization import check_vocab_fits
 
 TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card.md")  # the repo's top-level model_card.md links here
@@ -37,6 +40,7 @@ HUB_FOLDER_FILES = ("config.json", "model.safetensors", "generation_config.json"
 # What the saved code needs, for the card: the same as pyproject.toml's (a test keeps them equal)
 TRANSFORMERS_REQUIREMENT = "transformers>=5.24,<6"
 PROMPT_ROOM = 4  # a generation default must leave part of the context for the prompt
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # from Linux's <fcntl.h> and <linux/fs.h>
 
 
 # 1. Writing a folder without ever leaving a half-written one --------------------------------------------------
@@ -56,25 +60,52 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
 def staged_folder(output_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty sibling folder to write into; when the block succeeds it takes `output_dir`'s place.
 
-    If the block raises, the staged folder is deleted and `output_dir` is left as it was. An existing
-    `output_dir` (allowed only with `overwrite`) is moved aside, the new folder renamed in, then the old one
-    deleted: at every moment `output_dir` is either the old complete folder, absent, or the new complete one.
+    If the block raises, the staged folder is deleted and `output_dir` is left as it was (a full disk raises
+    DiskFull). An existing `output_dir` (allowed only with `overwrite`) is swapped with the new folder in one
+    atomic step, so a reader always finds the old complete folder or the new one, never none; the folder is a
+    plain directory (no symlink), created with the usual permissions (the umask's, like `mkdir`).
     """
     output_dir = check_output_dir(output_dir, overwrite).absolute()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-    try:
+    staging = output_dir.with_name(f".{output_dir.name}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir()
+    with removed_on_failure(staging, f"the folder {output_dir.name}"):
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if output_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".old", dir=output_dir.parent))
-        os.replace(output_dir, old / output_dir.name)
-    os.replace(staging, output_dir)
-    if old is not None:
-        shutil.rmtree(old)
+        give_usual_permissions(staging)
+    if not output_dir.exists():
+        os.replace(staging, output_dir)
+    elif exchange_paths(staging, output_dir):
+        shutil.rmtree(staging)  # now the old folder
+    else:  # no atomic swap on this filesystem: move aside, rename in (a run killed in between is repaired later)
+        aside = output_dir.with_name(f".{output_dir.name}.{secrets.token_hex(4)}.old")
+        aside.mkdir()
+        os.replace(output_dir, aside / output_dir.name)
+        os.replace(staging, output_dir)
+        shutil.rmtree(aside)
+
+
+def give_usual_permissions(folder: Path) -> None:
+    """The modes `mkdir` and `open` give under the umask, for a folder meant to be shared: safetensors writes its
+    files readable by their owner only."""
+    umask = os.umask(0)  # the only way to read it (and the value is put straight back)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where the system or filesystem
+    cannot (Python has no binding for it, hence ctypes)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # not Linux, or a C library older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a kernel or filesystem without the flag
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
 
 
 # 2. The folder's contents -------------------------------------------------------------------------------------

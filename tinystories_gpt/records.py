@@ -1,5 +1,6 @@
 """What a run leaves for people to read: metrics lines, the loss curve, sample stories, the summary the model card
-shows, and the FLOPs behind MFU. Written by the main process only; each file is appended to or replaced whole."""
+shows, and the FLOPs behind MFU. Written by the main process only; each file is appended to or replaced whole, and
+a write that fails (a full disk: DiskFull) leaves the file as it was."""
 
 import json
 import os
@@ -11,21 +12,66 @@ from pathlib import Path
 from .arguments import DataArguments, TrainingArguments
 from .budget import MEASURE_AFTER as WARMUP_STEPS_TIMED
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
+from .faults import DiskFull, is_disk_full, removed_on_failure
 
 
 def append_metrics(path: Path, record: dict) -> None:
-    with path.open("a") as metrics_file:
+    with appending(path, "a metrics line") as metrics_file:
         metrics_file.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The records of metrics.jsonl. A last line cut short by a crash is dropped with a warning; any other line
+    that is not JSON is an error naming it."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            if number < len(lines):
+                raise ValueError(
+                    f"{path} line {number} is not JSON ({error}); fix or delete that line, then run again"
+                ) from None
+            print(f"warning: dropped the last line of {path}, cut short when a run was killed: {line[:60]!r}")
+    return records
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop records written after the checkpoint: the resumed run writes them again."""
+    """On resume, drop records written after the checkpoint (the resumed run writes them again), and a torn line."""
     kept = [record for record in read_metrics(path) if record["step"] <= last_step]
-    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    write_replacing(path, "".join(json.dumps(record) + "\n" for record in kept), "the metrics")
+
+
+def evaluation_missing(path: Path, step: int, args: TrainingArguments) -> bool:
+    """Whether `step` is an evaluation step with no record: a stop cut its evaluation short, and it is owed."""
+    due = step > 0 and (step % args.eval_interval == 0 or step == args.max_iters)
+    return due and all(record["step"] != step for record in read_metrics(path))
+
+
+def write_replacing(path: Path, text: str, what: str) -> None:
+    """Write `text` beside `path` and rename it into place: `path` is always the old file or the new one."""
+    partial = path.with_name(f".{path.name}.tmp")
+    with removed_on_failure(partial, what):
+        partial.write_text(text)
+    os.replace(partial, path)
+
+
+@contextmanager
+def appending(path: Path, what: str):
+    """A file opened to append to; a failed write is cut off again, so no torn line is left behind."""
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with path.open("a") as file:
+            yield file
+    except BaseException as error:
+        full = is_disk_full(error, path)
+        os.truncate(path, size)
+        if full:
+            raise DiskFull(what, path) from error
+        raise
 
 
 def plot_loss_curve(metrics: list[dict], path: Path) -> None:
@@ -47,14 +93,17 @@ def plot_loss_curve(metrics: list[dict], path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    partial = path.with_name(path.name + ".tmp.png")
-    figure.savefig(partial, dpi=110)
-    plt.close(figure)
+    partial = path.with_name(f".{path.name}.tmp")
+    try:
+        with removed_on_failure(partial, "the loss curve"):
+            figure.savefig(partial, dpi=110, format="png")
+    finally:
+        plt.close(figure)
     os.replace(partial, path)
 
 
 def append_samples(path: Path, step: int, stories: list[str]) -> None:
-    with path.open("a") as samples_file:
+    with appending(path, "sample stories") as samples_file:
         samples_file.write(f"## step {step}\n\n")
         samples_file.writelines(f"{story}\n\n---\n\n" for story in stories)
 
@@ -118,6 +167,8 @@ class Throughput:
 
     def interval_record(self, num_processes: int) -> dict:
         """Mean tokens/s (and MFU on a known GPU) since the last call; starts a new interval."""
+        if not self.steps:  # an evaluation redone on resume: no step was timed
+            return {}
         tokens_per_second = self.steps * self.tokens_per_step / max(self.seconds, 1e-9)
         record = {"tokens_per_second": tokens_per_second}
         if self.peak:

@@ -14,7 +14,6 @@ evaluation.py (losses, samples).
 
 import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,12 +24,13 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .arguments import DataArguments, ModelArguments, TrainingArguments, model_config, parse_args
+from .arguments import DataArguments, ModelArguments, TrainingArguments, check_fits_in_memory, model_config, parse_args
 from .budget import TimeBudget, choose_max_iters, decision_step, process_start_time
 from .checkpointing import (
     RunState,
     check_checkpoint_matches,
     describe_output_dir,
+    hold_output_dir,
     newest_checkpoint,
     prepare_output_dir,
     save_checkpoint,
@@ -39,6 +39,7 @@ from .checkpointing import (
 from .data import TokenFile, prepare_data
 from .distributed import engine_name, full_state_dict, is_sharded, make_accelerator
 from .evaluation import SEED_PROMPT, estimate_loss, evaluate_split, next_token_loss, sample_stories
+from .faults import StopSignal, stop_on_signal
 from .hardware import can_compile, peak_flops
 from .hub import push_to_hub, save_hub_folder
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
@@ -48,40 +49,24 @@ from .records import (
     Throughput,
     append_metrics,
     append_samples,
+    evaluation_missing,
     format_seconds,
     model_flops_per_token,
     plot_loss_curve,
     read_metrics,
     training_summary,
     truncate_metrics,
+    write_replacing,
 )
 from .windows import DeviceBatches, WindowSampler, fixed_eval_batches
 
 __all__ = ["TrainingDiverged", "parse_args", "train"]
 
+EVAL_BATCHES_PER_STOP_CHECK = 4  # per process: a stop request cuts an evaluation short within this many batches
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class StopSignal:
-    """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next optimizer step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> "StopSignal":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._request)
-        return self
-
-    def _request(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 @dataclass
@@ -143,9 +128,21 @@ def load_training_data(
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     """Train, evaluate and checkpoint; returns the final metrics and where the best model lies."""
-    # 1. the Accelerator and the output folder
-    clock = PhaseClock()
+    # 1. the Accelerator and the output folder, held by this run alone (a stop signal until the loop ends it at once)
     accelerator = make_accelerator(args)
+    check_fits_in_memory(model_args, data_args, args, accelerator.device)
+    with (
+        hold_output_dir(Path(args.output_dir), accelerator),
+        stop_on_signal("before the first step", "nothing was left half-written; run the same command again"),
+    ):
+        return train_in_output_dir(accelerator, model_args, data_args, args)
+
+
+def train_in_output_dir(
+    accelerator: Accelerator, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments
+) -> dict:
+    """`train`, once the output folder is this run's alone."""
+    clock = PhaseClock()
     prepare_output_dir(args, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
@@ -186,6 +183,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     throughput = Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device))
     progress = tqdm(total=args.max_iters, initial=state.step, disable=not accelerator.is_main_process, desc="training")
     model.train()
+    if evaluation_missing(Path(args.output_dir) / "metrics.jsonl", state.step, args):  # a stop had cut it short
+        evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
+    stop_requested = False
     with StopSignal() as stop:
         while args.max_iters is None or state.step < args.max_iters:
             throughput.start_step()
@@ -201,9 +201,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             choosing = budget and args.max_iters is None and state.step == decision_step(args.warmup_steps)
             if choosing or state.step % args.eval_interval == 0 or state.step == args.max_iters:
                 with clock.timing("evaluations"):
+                    interruptible = None if choosing else stop  # when its costs fix max_iters, it must finish
                     costs = evaluate_and_record(
-                        model, state, data, accelerator, throughput, model_args, data_args, args
+                        model, state, data, accelerator, throughput, model_args, data_args, args, interruptible
                     )
+                stop_requested = stop_requested or costs is None
             if choosing:  # from here on, exactly the run that was given this max_iters
                 final_batches = math.ceil(data.val_split.num_tokens / (config.block_size * args.eval_batch_size))
                 state.chosen_max_iters = choose_max_iters(
@@ -221,9 +223,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     clock.add("compile and warm-up", throughput.warmup_seconds())
     clock.add("training", throughput.total_seconds() - throughput.warmup_seconds())
 
-    # 5. the end
-    interrupted = args.max_iters is None or state.step < args.max_iters
-    with clock.timing("final pass"):
+    # 5. the end (a stop now leaves the last checkpoint and best/ complete)
+    interrupted = stop_requested or args.max_iters is None or state.step < args.max_iters
+    last_checkpoint = args.checkpoints_dir / f"step_{state.step}"
+    with (
+        clock.timing("final pass"),
+        stop_on_signal("after the last step", f"{last_checkpoint} and best/ are complete; --resume redoes the rest"),
+    ):
         result = finish(accelerator, state, data, data_args, args, interrupted=interrupted)
     accelerator.print(
         f"time: {clock.summary()}; {format_seconds(time.time() - process_start_time())} in all"
@@ -308,23 +314,29 @@ def optimizer_step(
     return mean_loss, stops > 0
 
 
-def evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args) -> dict:
+def evaluate_and_record(
+    model, state, data, accelerator, throughput, model_args, data_args, args, stop: StopSignal | None = None
+) -> dict | None:
     """Losses on the fixed windows and the model's weights (every process), then the records, samples and best/
     (the main process, on a plain copy of the model: generate() on a sharded one would deadlock).
 
-    Returns what its parts took, in seconds ("evaluation", "losses", "best"), for a --max_time run's plan.
+    Returns what its parts took, in seconds ("evaluation", "losses", "best"), for a --max_time run's plan; None,
+    having recorded nothing, when `stop` was requested during the losses.
     """
     started = time.perf_counter()
+    train_loss = estimate_loss_unless_stopped(model, data.train_eval_batches, accelerator, stop)
+    held_out_loss = estimate_loss_unless_stopped(model, data.held_out_batches, accelerator, stop)
+    if train_loss is None or held_out_loss is None:
+        return None
     record = {
         "step": state.step,
         "tokens_seen": state.tokens_seen,
-        "train_loss": estimate_loss(model, data.train_eval_batches, accelerator),
-        f"{data.held_out_name}_loss": estimate_loss(model, data.held_out_batches, accelerator),
+        "train_loss": train_loss,
+        f"{data.held_out_name}_loss": held_out_loss,
         "lr": learning_rate_at(state.step - 1, args),
         **throughput.interval_record(accelerator.num_processes),
     }
     seconds = {"losses": time.perf_counter() - started, "best": 0.0}
-    held_out_loss = record[f"{data.held_out_name}_loss"]
     accelerator.log(record, step=state.step)
     plain_model = main_process_copy(accelerator, model)
     if accelerator.is_main_process:
@@ -362,6 +374,18 @@ def evaluate_and_record(model, state, data, accelerator, throughput, model_args,
     accelerator.wait_for_everyone()
     seconds["evaluation"] = time.perf_counter() - started
     return seconds
+
+
+def estimate_loss_unless_stopped(model, batches: list, accelerator, stop: StopSignal | None) -> float | None:
+    """`estimate_loss` a few batches per process at a time; None as soon as any process was asked to `stop`."""
+    size = EVAL_BATCHES_PER_STOP_CHECK * accelerator.num_processes
+    summed = 0.0
+    for start in range(0, len(batches), size):
+        if stop is not None and stop.agreed(accelerator):
+            return None
+        chunk = batches[start : start + size]
+        summed += estimate_loss(model, chunk, accelerator) * len(chunk)  # every batch holds as many labels
+    return summed / len(batches)
 
 
 def main_process_copy(accelerator: Accelerator, model) -> TinyStoriesGPTForCausalLM | None:
@@ -416,7 +440,7 @@ def finish(accelerator, state, data, data_args, args, interrupted: bool) -> dict
             training=training_summary(state.step, state.tokens_seen, data_args, args),
             samples=stories,
         )
-        (output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        write_replacing(output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n", "the final metrics")
         accelerator.print(
             f"\nvalidation (whole split): loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}, "
             f"bits per byte {final['bits_per_byte']:.4f}\n\nthe best model's story for {SEED_PROMPT!r}:\n\n"

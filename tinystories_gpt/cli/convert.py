@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from ..conversion import convert_nanogpt, convert_training_checkpoint, export_gpt2, import_gpt2
+from ..faults import run_command, stop_on_signal
 from ..hub import push_to_hub
 
 SHAPE_OPTIONS = ("n_head", "block_size", "vocab_size", "n_layer", "n_embd")
@@ -88,13 +89,8 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        print(run(args))
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input: the message names the value and the fix, so a traceback would only bury it.
-        print(f"convert.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    stop = stop_on_signal("while converting", "the output folder was left as it was")
+    return run_command("convert.py", lambda: print(run(args)), stop)
 
 
 if __name__ == "__main__":

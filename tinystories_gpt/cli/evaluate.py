@@ -13,6 +13,7 @@ import torch
 
 from ..data import load_text_splits, tokenize_split
 from ..evaluation import evaluate_split
+from ..faults import run_command, stop_on_signal
 from ..hub import load_model_and_tokenizer
 from ..tokenization import check_vocab_fits
 
@@ -34,18 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
-    try:
-        model, tokenizer = load_model_and_tokenizer(args.model, args.trust_remote_code, args.device)
-        check_vocab_fits(tokenizer, model.config.vocab_size)
-        if args.split == "dev" and args.dev_stories <= 0:
-            raise ValueError("--split dev needs --dev_stories N, the number of stories the training run held out")
-        texts = load_text_splits(args.dataset, args.validation_split_percentage, args.dev_stories)[args.split]
-        with tempfile.TemporaryDirectory() as scratch:
-            split = tokenize_split(texts, tokenizer, args.cache_dir or scratch, args.split)
-            figures = evaluate_split(model, split, batch_size=args.batch_size, progress=not args.json)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 2
+    return run_command(
+        "evaluate", lambda: evaluate(args), stop_on_signal("while evaluating", "nothing was left half-written")
+    )
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Score the model on the split and print the figures."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be a positive integer, got {args.batch_size}")
+    if args.split == "dev" and args.dev_stories <= 0:
+        raise ValueError("--split dev needs --dev_stories N, the number of stories the training run held out")
+    model, tokenizer = load_model_and_tokenizer(args.model, args.trust_remote_code, args.device)
+    check_vocab_fits(tokenizer, model.config.vocab_size)
+    splits = load_text_splits(args.dataset, args.validation_split_percentage, args.dev_stories, splits=(args.split,))
+    with tempfile.TemporaryDirectory() as scratch:
+        split = tokenize_split(splits[args.split], tokenizer, args.cache_dir or scratch, args.split)
+        figures = evaluate_split(model, split, batch_size=args.batch_size, progress=not args.json)
     figures = {"model": args.model, "dataset": args.dataset, "split": args.split, **figures}
     if args.json:
         print(json.dumps(figures))
@@ -55,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{figures['perplexity']:.2f}, bits per byte {figures['bits_per_byte']:.4f} "
             f"({figures['tokens']:,} tokens, {figures['bytes']:,} bytes)"
         )
-    return 0
 
 
 if __name__ == "__main__":

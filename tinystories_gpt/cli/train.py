@@ -6,20 +6,12 @@ sets defaults that flags override. Launch with `accelerate launch` or `torchrun`
 
 import sys
 
+from ..faults import run_command
 from ..training import TrainingDiverged, parse_args, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        model_args, data_args, training_args = parse_args(argv)
-        train(model_args, data_args, training_args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("train.py", lambda: train(*parse_args(argv)), failures=(TrainingDiverged,))
 
 
 if __name__ == "__main__":
