@@ -45,6 +45,9 @@ CONFIG_FIELDS = tuple(TinyStoriesGPTConfig.__annotations__)
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 PROBE_BATCH, PROBE_MAX_LENGTH = 2, 128
 RELATIVE_TOLERANCE = 1e-6  # float64 on both sides: a faithful conversion agrees to ~1e-12
+CHECKPOINT_HINT = (
+    "Check that the checkpoint is a nanoGPT-style GPT (pre-LayerNorm blocks, exact GELU, fused QKV, learned positions)"
+)
 
 
 # 1. Reading checkpoints without running them ------------------------------------------------------------------
@@ -245,15 +248,24 @@ def float64_logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Ten
         return model.double().eval()(input_ids).logits
 
 
-def check_logits(actual: torch.Tensor, expected: torch.Tensor, what: str) -> float:
-    """Refuse a conversion whose logits differ from the source's; returns the largest difference."""
+def check_logits(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    what: str,
+    *,
+    relative_tolerance: float = RELATIVE_TOLERANCE,
+    hint: str = CHECKPOINT_HINT,
+) -> float:
+    """Refuse a conversion whose logits differ from the source's; returns the largest difference.
+
+    The tolerance is relative to the largest source logit (at least 1); `hint` ends the error message.
+    """
     difference = (actual - expected).abs().max().item()
-    tolerance = RELATIVE_TOLERANCE * max(1.0, expected.abs().max().item())
+    tolerance = relative_tolerance * max(1.0, expected.abs().max().item())
     if not difference <= tolerance:  # also catches NaN
         raise ValueError(
             f"logits check failed: {what} differs from the source by up to {difference:.3g} (tolerance "
-            f"{tolerance:.3g}), so the weights were not mapped faithfully; nothing was written. Check that the "
-            "checkpoint is a nanoGPT-style GPT (pre-LayerNorm blocks, exact GELU, fused QKV, learned positions)"
+            f"{tolerance:.3g}), so the weights were not mapped faithfully; nothing was written. {hint}"
         )
     return difference
 
