@@ -118,10 +118,15 @@ def our_logits(model, input_ids: list[int]) -> torch.Tensor:
 
 
 def our_greedy(model, input_ids: list[int], new_tokens: int = NEW_TOKENS) -> list[int]:
-    """Our generate()'s greedy continuation (without the prompt), stopping at end-of-text like the tools do."""
+    """Our generate()'s greedy continuation: the new tokens up to end-of-text (not included)."""
     with torch.no_grad():
         output = model.generate(torch.tensor([input_ids]), max_new_tokens=new_tokens, do_sample=False)
-    return output[0, len(input_ids) :].tolist()
+    return up_to_eos(output[0, len(input_ids) :].tolist(), model.config.eos_token_id)
+
+
+def up_to_eos(tokens: list[int], eos_token_id: int) -> list[int]:
+    """A greedy continuation cut before its end-of-text, where the tools differ on keeping it."""
+    return tokens[: tokens.index(eos_token_id)] if eos_token_id in tokens else tokens
 
 
 def run_side_python(python: Path, script: str, *args: str) -> subprocess.CompletedProcess:

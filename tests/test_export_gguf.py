@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from exports import NEW_TOKENS, REPO, our_greedy, our_logits, prompt, side_env, validation_story
 
-# Largest logit difference from our float32 model, measured on these models: f32 ~6e-4 (llama.cpp's GELU is the
-# tanh approximation through an F16 table, ours the exact erf), f16 ~2e-3, q8_0 ~3e-2; a misplaced tensor is O(1).
-LOGITS_TOLERANCE = {"f32": 3e-3, "f16": 1e-2, "q8_0": 1e-1}
+# Largest logit difference from our float32 model, relative to our largest logit, measured on these models:
+# f32 2.7e-4 (llama.cpp's GELU is the tanh approximation through an F16 table, ours the exact erf), f16 5.0e-4,
+# q8_0 7.8e-3 (the trained BPE model's largest logit is 12.4: 0.0033, 0.0062, 0.097). A misplaced tensor is O(1).
+LOGITS_TOLERANCE = {"f32": 1e-3, "f16": 2e-3, "q8_0": 3e-2}
 
 
 def llama_cpp_module():
@@ -49,8 +50,8 @@ def assert_llama_cpp_agrees(story_models, tokenizer: str, gguf_file: Path, toler
     text = validation_story()
     input_ids, logits, greedy = what_llama_cpp_computes(gguf_file, text, prompt(), model.config.block_size)
     assert input_ids == text_tokenizer(text)["input_ids"]
-    difference = np.abs(logits - our_logits(model, input_ids[: model.config.block_size]).numpy()).max()
-    assert difference < tolerance
+    expected = our_logits(model, input_ids[: model.config.block_size]).numpy()
+    assert np.abs(logits - expected).max() < tolerance * np.abs(expected).max()
     assert greedy == our_greedy(model, text_tokenizer(prompt())["input_ids"])
 
 

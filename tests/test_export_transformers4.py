@@ -4,7 +4,16 @@ loads it as a plain GPT2LMHeadModel: no trust_remote_code, no tinystories_gpt in
 import numpy as np
 import pytest
 import torch
-from exports import NEW_TOKENS, our_greedy, our_logits, prompt, run_side_python, side_env, validation_story
+from exports import (
+    NEW_TOKENS,
+    our_greedy,
+    our_logits,
+    prompt,
+    run_side_python,
+    side_env,
+    up_to_eos,
+    validation_story,
+)
 
 LOGITS_TOLERANCE = 1e-4  # both sides float32 through the same operations; measured up to ~2e-6
 
@@ -24,9 +33,11 @@ def test_transformers4_loads_the_gpt2_export_with_our_ids_logits_and_greedy_stor
     # the trained BPE comes back as PreTrainedTokenizerFast, GPT-2's vocabulary as GPT2TokenizerFast
     assert str(seen["tokenizer_class"]).endswith("TokenizerFast")
     assert int(seen["model_max_length"]) == model.config.block_size
+    assert seen["model_input_names"].tolist() == ["input_ids", "attention_mask"]  # no token_type_ids for GPT-2
     input_ids = text_tokenizer(text)["input_ids"]
     assert seen["input_ids"].tolist() == input_ids
     context = input_ids[: model.config.block_size]
     difference = (torch.from_numpy(seen["logits"]) - our_logits(model, context)).abs().max().item()
     assert difference < LOGITS_TOLERANCE
-    assert seen["greedy"].tolist() == our_greedy(model, text_tokenizer(prompt())["input_ids"])
+    greedy = up_to_eos(seen["greedy"].tolist(), model.config.eos_token_id)
+    assert greedy == our_greedy(model, text_tokenizer(prompt())["input_ids"])

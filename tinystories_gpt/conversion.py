@@ -451,7 +451,9 @@ def save_portable_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Pa
 
     Transformers 5 records a tokenizer built from a `tokenizers` object (our trained `bpe:N`) as
     "TokenizersBackend", a class 4.x does not have ("Tokenizer class TokenizersBackend does not exist");
-    "PreTrainedTokenizerFast" names the same tokenizer.json in both. The GPT-2 tokenizer keeps "GPT2Tokenizer".
+    "PreTrainedTokenizerFast" names the same tokenizer.json in both. That class also returns `token_type_ids`
+    unless told otherwise, and 4.x's GPT-2 adds the token embedding of each such id to every position: a silent
+    shift of every logit. GPT-2's own tokenizer class keeps its name and its inputs.
     """
     tokenizer.model_max_length = context_length
     tokenizer.save_pretrained(folder)
@@ -459,6 +461,7 @@ def save_portable_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Pa
     tokenizer_config = json.loads(config_file.read_text())
     if tokenizer_config["tokenizer_class"] == "TokenizersBackend":
         tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tokenizer_config["model_input_names"] = ["input_ids", "attention_mask"]
         config_file.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 

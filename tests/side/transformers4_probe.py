@@ -15,9 +15,11 @@ export_dir, text, prompt, new_tokens, out = sys.argv[1:]
 tokenizer = AutoTokenizer.from_pretrained(export_dir)
 model = AutoModelForCausalLM.from_pretrained(export_dir).eval()
 input_ids = tokenizer(text)["input_ids"]
+# as users call them: everything the tokenizer returns goes in, truncated to the tokenizer's model_max_length
+context = tokenizer(text, return_tensors="pt", truncation=True)
 prompt_ids = tokenizer(prompt, return_tensors="pt")
 with torch.no_grad():
-    logits = model(torch.tensor([input_ids[: model.config.n_positions]])).logits[0]
+    logits = model(**context).logits[0]
     greedy = model.generate(**prompt_ids, max_new_tokens=int(new_tokens), do_sample=False)
 np.savez(
     out,
@@ -25,6 +27,7 @@ np.savez(
     tokenizer_class=type(tokenizer).__name__,
     model_class=type(model).__name__,
     model_max_length=tokenizer.model_max_length,
+    model_input_names=tokenizer.model_input_names,
     input_ids=np.array(input_ids),
     logits=logits.numpy(),
     greedy=greedy[0, prompt_ids["input_ids"].shape[1] :].numpy(),
