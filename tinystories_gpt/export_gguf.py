@@ -22,12 +22,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from .conversion import (
     check_logits,
     float64_logits,
     load_any_model,
+    load_config,
     probe_input_ids,
     reference_logits,
     to_gpt2,
@@ -58,8 +59,8 @@ def export_gguf(
     """
     output_path = check_output_file(output_path, overwrite)
     tensor_type, file_type = check_outtype(outtype)
+    check_model_fits(load_config(model_dir), tensor_type, outtype)  # before the weights load: a refusal is instant
     model, tokenizer = load_any_model(model_dir)
-    check_model_fits(model, tensor_type, outtype)
     tensors = gguf_tensors(model)
     names = gguf_names(tensors, model.config.n_layer)
     fd, staging = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
@@ -102,9 +103,11 @@ def check_outtype(outtype: str) -> tuple[gguf.GGMLQuantizationType, gguf.LlamaFi
     return OUTTYPES[outtype]
 
 
-def check_model_fits(model: TinyStoriesGPTForCausalLM, tensor_type: gguf.GGMLQuantizationType, outtype: str) -> None:
-    """Refuse a model llama.cpp's gpt2 graph cannot compute, or whose rows the quantisation's blocks do not divide."""
-    config = model.config
+def check_model_fits(config: PretrainedConfig, tensor_type: gguf.GGMLQuantizationType, outtype: str) -> None:
+    """Refuse a model llama.cpp's gpt2 graph cannot compute, or whose rows the quantisation's blocks do not divide.
+
+    `config` is ours or GPT-2's: both name the width `n_embd` and the MLP's non-linearity `activation_function`.
+    """
     if config.activation_function not in GELU_ACTIVATIONS:
         raise ValueError(
             f"llama.cpp's gpt2 architecture computes a GELU MLP, but this model uses activation_function="

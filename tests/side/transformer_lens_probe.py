@@ -5,9 +5,9 @@ stream through its hooks, and save it with the logits for tests/test_export_tran
 """
 
 import sys
+from importlib.metadata import version
 
 import numpy as np
-import transformer_lens
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -19,7 +19,7 @@ input_ids = tokenizer(text, return_tensors="pt")["input_ids"][:, : hf_model.conf
 logits, cache = bridge.run_with_cache(input_ids)
 np.savez(
     out,
-    version=transformer_lens.__version__,
+    version=version("transformer-lens"),  # the package has no __version__
     input_ids=input_ids[0].numpy(),
     logits=logits[0].detach().numpy(),
     resid_pre=cache["blocks.0.hook_resid_pre"][0].detach().numpy(),
