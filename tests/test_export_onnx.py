@@ -12,7 +12,7 @@ from exports import NEW_TOKENS, REPO, our_greedy, our_logits, prompt, side_env, 
 
 from tinystories_gpt.export_onnx import empty_cache, run_step
 
-LOGITS_TOLERANCE = 1e-3  # what the issue asks; measured ~3e-6 (both float32)
+LOGITS_TOLERANCE = 1e-3  # what the issue asks; measured up to 7e-6 (both float32)
 
 
 def test_onnx_folder_is_a_gpt2_folder_with_optimum_io_names(story_models):

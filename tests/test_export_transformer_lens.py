@@ -6,7 +6,7 @@ import pytest
 import torch
 from exports import our_logits, run_side_python, side_env, validation_story
 
-TOLERANCE = 1e-4  # float32 on both sides (the bridge forces eager attention); measured ~3e-6
+TOLERANCE = 1e-4  # float32 on both sides (the bridge forces eager attention); measured up to 5e-6
 
 
 @pytest.mark.parametrize("tokenizer", ["gpt2", "bpe"])
