@@ -1,10 +1,12 @@
 """Our model against Transformers' GPT2LMHeadModel: same shapes, same weights, same run, this machine.
 
-    python benchmarks/bench_model.py [--dtype fp32|bf16] [--repeats 5]
+    python benchmarks/bench_model.py [--shapes seed|quickstart] [--dtype fp32|bf16] [--repeats 10] [--threads N]
 
 Measures a training step (forward + backward + AdamW, batch 8 x 128) and greedy generation (batch 1,
 100 new tokens, KV cache), and prints tokens/s for both models and the ratio ours / GPT-2. The anchor is
-GPT-2 measured in the same process, interleaved with ours, so machine load affects both alike.
+GPT-2 measured in the same process, interleaved with ours, so machine load affects both alike. Shapes: the
+seed table's (6 x 6 x 384, GPT-2 vocabulary) or the quickstart's (4 x 4 x 256, vocabulary 3,072); bf16 is
+autocast, as training uses it.
 """
 
 import argparse
@@ -18,6 +20,10 @@ from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
 from tinystories_gpt.conversion import to_gpt2
 
 BATCH_SIZE, BLOCK_SIZE, NEW_TOKENS = 8, 128, 100
+SHAPES = {
+    "seed": TinyStoriesGPTConfig(),
+    "quickstart": TinyStoriesGPTConfig(vocab_size=3072, n_layer=4, n_head=4, n_embd=256, dropout=0.0),
+}
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, dtype) -> None:
@@ -42,12 +48,16 @@ def timed(function, *args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", choices=tuple(SHAPES), default="seed")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    ours = TinyStoriesGPTForCausalLM(TinyStoriesGPTConfig())
+    ours = TinyStoriesGPTForCausalLM(SHAPES[args.shapes])
     gpt2 = to_gpt2(ours)
     assert isinstance(gpt2, GPT2LMHeadModel)
     batch = torch.randint(0, ours.config.vocab_size, (BATCH_SIZE, BLOCK_SIZE + 1))
@@ -69,7 +79,7 @@ def main() -> None:
                 seconds[name, "generate"].append(generate_seconds)
 
     tokens = {"train": BATCH_SIZE * BLOCK_SIZE, "generate": NEW_TOKENS}
-    print(f"seed config, {args.dtype}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"{args.shapes} shapes, {args.dtype}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'task':<40} {'ours tok/s':>12} {'GPT-2 tok/s':>12} {'ours/GPT-2':>11}")
     labels = {"train": "training step (fwd+bwd+AdamW, 8 x 128)", "generate": "greedy generation (1 x 100, KV cache)"}
     for task, label in labels.items():

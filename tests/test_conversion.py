@@ -316,7 +316,7 @@ def test_gpt2_export_and_back_keep_the_logits(tmp_path, bias):
     gpt2_dir = export_gpt2(ours, tmp_path / "gpt2")
     config = json.loads((gpt2_dir / "config.json").read_text())
     assert config["model_type"] == "gpt2" and "auto_map" not in config
-    assert (config["n_positions"], config["activation_function"]) == (BLOCK_SIZE, "gelu")
+    assert (config["n_positions"], config["n_ctx"], config["activation_function"]) == (BLOCK_SIZE, BLOCK_SIZE, "gelu")
     assert not list(gpt2_dir.glob("*.py"))
     gpt2 = AutoModelForCausalLM.from_pretrained(gpt2_dir)  # no trust_remote_code: a plain GPT-2
     assert isinstance(gpt2, GPT2LMHeadModel)

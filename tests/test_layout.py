@@ -25,6 +25,8 @@ ORDER = [
     "records",
     "hub",
     "conversion",
+    "export_gguf",
+    "export_onnx",
     "training",
     "cli",
     "evaluate",

@@ -122,6 +122,21 @@ def test_greedy_generation_with_cache_equals_without(cache_implementation):
     assert torch.equal(cached, uncached)
 
 
+@pytest.mark.parametrize("module", ["causal_lm", "bare_model"])
+def test_past_key_values_is_a_deprecated_alias_of_cache(module):
+    # What PEFT, older notebooks and other generation loops pass: it must extend the cache, not start a new one.
+    model = tiny_model() if module == "causal_lm" else tiny_model().transformer
+    input_ids = torch.randint(0, 101, (1, 10))
+    with torch.no_grad():
+        full = model(input_ids)
+        prefix = model(input_ids[:, :7], use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            step = model(input_ids[:, 7:], past_key_values=prefix.cache, use_cache=True)
+    output = "logits" if module == "causal_lm" else "last_hidden_state"
+    torch.testing.assert_close(step[output], full[output][:, 7:])
+    assert step.cache.get_seq_length() == 10
+
+
 def test_left_padded_batch_generates_what_each_prompt_generates_alone():
     model = tiny_model()
     prompts = [torch.randint(1, 101, (n,)) for n in (3, 8, 5)]

@@ -19,11 +19,14 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from transformers import (
+    AutoConfig,
     AutoTokenizer,
     GenerationConfig,
     GPT2Config,
     GPT2LMHeadModel,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -44,6 +47,9 @@ CONFIG_FIELDS = tuple(TinyStoriesGPTConfig.__annotations__)
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 PROBE_BATCH, PROBE_MAX_LENGTH = 2, 128
 RELATIVE_TOLERANCE = 1e-6  # float64 on both sides: a faithful conversion agrees to ~1e-12
+CHECKPOINT_HINT = (
+    "Check that the checkpoint is a nanoGPT-style GPT (pre-LayerNorm blocks, exact GELU, fused QKV, learned positions)"
+)
 
 
 # 1. Reading checkpoints without running them ------------------------------------------------------------------
@@ -104,9 +110,7 @@ def normalize_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str,
     buffers (`attn.bias`, 4-D, not weights), and drops `lm_head.weight` when it equals the embedding (tied).
     """
     normalized = {}
-    for name, tensor in state_dict.items():
-        while name.startswith(WRAPPER_PREFIXES):
-            name = name.removeprefix("_orig_mod.").removeprefix("module.")
+    for name, tensor in strip_wrapper_prefixes(state_dict).items():
         for alias, canonical in BLOCK_NORM_ALIASES.items():
             name = name.replace(alias, canonical)
         if re.fullmatch(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)", name) and tensor.dim() != 1:
@@ -119,6 +123,15 @@ def normalize_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str,
     if not tied:
         normalized[HEAD] = head
     return normalized, tied
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict without torch.compile/DDP prefixes, however deeply nested (`module._orig_mod.`...)."""
+    stripped = dict(state_dict)  # torch strips in place; the caller's dict stays as it was
+    while any(name.startswith(WRAPPER_PREFIXES) for name in stripped):
+        for prefix in WRAPPER_PREFIXES:
+            consume_prefix_in_state_dict_if_present(stripped, prefix)
+    return stripped
 
 
 def shapes_from_tensors(state_dict: dict[str, torch.Tensor]) -> dict:
@@ -246,15 +259,24 @@ def float64_logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Ten
         return model.double().eval()(input_ids).logits
 
 
-def check_logits(actual: torch.Tensor, expected: torch.Tensor, what: str) -> float:
-    """Refuse a conversion whose logits differ from the source's; returns the largest difference."""
+def check_logits(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    what: str,
+    *,
+    relative_tolerance: float = RELATIVE_TOLERANCE,
+    hint: str = CHECKPOINT_HINT,
+) -> float:
+    """Refuse a conversion whose logits differ from the source's; returns the largest difference.
+
+    The tolerance is relative to the largest source logit (at least 1); `hint` ends the error message.
+    """
     difference = (actual - expected).abs().max().item()
-    tolerance = RELATIVE_TOLERANCE * max(1.0, expected.abs().max().item())
+    tolerance = relative_tolerance * max(1.0, expected.abs().max().item())
     if not difference <= tolerance:  # also catches NaN
         raise ValueError(
             f"logits check failed: {what} differs from the source by up to {difference:.3g} (tolerance "
-            f"{tolerance:.3g}), so the weights were not mapped faithfully; nothing was written. Check that the "
-            "checkpoint is a nanoGPT-style GPT (pre-LayerNorm blocks, exact GELU, fused QKV, learned positions)"
+            f"{tolerance:.3g}), so the weights were not mapped faithfully; nothing was written. {hint}"
         )
     return difference
 
@@ -375,6 +397,9 @@ def gpt2_config_from(config: TinyStoriesGPTConfig) -> GPT2Config:
     return GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.block_size,
+        # GPT-2's original name for the context, which older GPT-2 tooling still reads (llama.cpp's
+        # convert_hf_to_gguf.py stops with KeyError: 'n_ctx' without it)
+        n_ctx=config.block_size,
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
@@ -418,13 +443,40 @@ def export_gpt2(model_dir: str | Path, output_dir: str | Path, *, overwrite: boo
     input_ids = probe_input_ids(model.config.vocab_size, model.config.block_size)
     expected = float64_logits(model, input_ids)
     with staged_folder(output_dir, overwrite) as staging:
-        gpt2.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if (Path(model_dir) / "generation_config.json").is_file():
-            GenerationConfig.from_pretrained(model_dir).save_pretrained(staging)  # the same sampling defaults
+        write_gpt2_folder(gpt2, tokenizer, staging, source_dir=model_dir)
         reloaded = GPT2LMHeadModel.from_pretrained(staging, dtype=torch.float64)
         check_logits(float64_logits(reloaded, input_ids), expected, "the exported GPT-2 model")
     return Path(output_dir)
+
+
+def write_gpt2_folder(
+    gpt2: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path, source_dir: str | Path
+) -> None:
+    """Write a GPT-2 folder that Transformers 4.x and 5.x load without custom code, with `source_dir`'s sampling
+    defaults."""
+    gpt2.save_pretrained(folder)
+    save_portable_tokenizer(tokenizer, folder, gpt2.config.n_positions)
+    if (Path(source_dir) / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(source_dir).save_pretrained(folder)
+
+
+def save_portable_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path, context_length: int) -> None:
+    """Save `tokenizer` so that Transformers 4.x loads it too, truncating at the model's context.
+
+    Transformers 5 records a tokenizer built from a `tokenizers` object (our trained `bpe:N`) as
+    "TokenizersBackend", a class 4.x does not have ("Tokenizer class TokenizersBackend does not exist");
+    "PreTrainedTokenizerFast" names the same tokenizer.json in both. That class also returns `token_type_ids`
+    unless told otherwise, and 4.x's GPT-2 adds the token embedding of each such id to every position: a silent
+    shift of every logit. GPT-2's own tokenizer class keeps its name and its inputs.
+    """
+    tokenizer.model_max_length = context_length
+    tokenizer.save_pretrained(folder)
+    config_file = Path(folder) / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    if tokenizer_config["tokenizer_class"] == "TokenizersBackend":
+        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tokenizer_config["model_input_names"] = ["input_ids", "attention_mask"]
+        config_file.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def tinystories_config_from_gpt2(config: GPT2Config) -> dict:
@@ -466,16 +518,21 @@ def tinystories_config_from_gpt2(config: GPT2Config) -> dict:
     }
 
 
-def import_gpt2(gpt2_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Convert a GPT2LMHeadModel folder (e.g. one `export_gpt2` wrote) to a Hub-ready TinyStoriesGPT folder."""
-    check_output_dir(output_dir, overwrite)
-    gpt2, tokenizer = _load_pretrained(gpt2_dir, GPT2LMHeadModel, "gpt2")
+def from_gpt2(gpt2: GPT2LMHeadModel) -> TinyStoriesGPTForCausalLM:
+    """The same network as a TinyStoriesGPTForCausalLM (refusing GPT-2 variants ours cannot compute)."""
     config = TinyStoriesGPTConfig(**tinystories_config_from_gpt2(gpt2.config))
     state_dict = transpose_conv1d(gpt2.state_dict())
     if config.tie_word_embeddings:
         state_dict.pop(HEAD)
-    model = model_from_state_dict(state_dict, config, config.tie_word_embeddings)
-    input_ids = probe_input_ids(config.vocab_size, config.block_size)
+    return model_from_state_dict(state_dict, config, config.tie_word_embeddings)
+
+
+def import_gpt2(gpt2_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Convert a GPT2LMHeadModel folder (e.g. one `export_gpt2` wrote) to a Hub-ready TinyStoriesGPT folder."""
+    check_output_dir(output_dir, overwrite)
+    gpt2, tokenizer = _load_pretrained(gpt2_dir, GPT2LMHeadModel, "gpt2")
+    model = from_gpt2(gpt2)
+    input_ids = probe_input_ids(model.config.vocab_size, model.config.block_size)
     expected = float64_logits(gpt2, input_ids)
     with staged_folder(output_dir, overwrite) as staging:
         write_hub_folder(model, tokenizer, staging, training={"converted from": f"GPT-2 folder {Path(gpt2_dir).name}"})
@@ -484,19 +541,43 @@ def import_gpt2(gpt2_dir: str | Path, output_dir: str | Path, *, overwrite: bool
     return Path(output_dir)
 
 
+def load_any_model(model_dir: str | Path) -> tuple[TinyStoriesGPTForCausalLM, PreTrainedTokenizerBase]:
+    """(our model in float32, tokenizer) from a TinyStoriesGPT folder or a GPT-2 folder, such as `export_gpt2`'s."""
+    model_type = load_config(model_dir).model_type
+    if model_type == "gpt2":
+        gpt2, tokenizer = _load_pretrained(model_dir, GPT2LMHeadModel, "gpt2")
+        return from_gpt2(gpt2), tokenizer
+    if model_type != "tinystories_gpt":
+        raise ValueError(f"{model_dir} holds a {model_type!r} model; pass a TinyStoriesGPT folder or its GPT-2 export")
+    return _load_pretrained(model_dir, TinyStoriesGPTForCausalLM, "tinystories_gpt")
+
+
 # 5. Helpers ---------------------------------------------------------------------------------------------------
+
+
+def load_config(model_dir: str | Path) -> PretrainedConfig:
+    """The config of a saved model folder, with an error that says what to pass when it holds none."""
+    model_dir = Path(model_dir)
+    # Checked first: AutoConfig would take a path that is not a folder for a Hub repo id.
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json; pass a folder written by save_pretrained")
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except ValueError:
+        raise ValueError(
+            f"{model_dir}/config.json names no model type this Transformers knows; pass a folder written by "
+            "save_pretrained (train.py's best/, or a convert.py output)"
+        ) from None
 
 
 def _load_pretrained(model_dir: str | Path, model_class: type[PreTrainedModel], model_type: str):
     """(model in float32, tokenizer) from a saved folder, after checking it holds a `model_type` model."""
-    model_dir = Path(model_dir)
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json; pass a folder written by save_pretrained")
-    found = json.loads(config_file.read_text()).get("model_type")
-    if found != model_type:
-        raise ValueError(f"{model_dir} holds a {found!r} model, not {model_type!r}; pick the other conversion")
-    model = model_class.from_pretrained(model_dir, dtype=torch.float32).eval()
+    config = load_config(model_dir)
+    if config.model_type != model_type:
+        raise ValueError(
+            f"{model_dir} holds a {config.model_type!r} model, not {model_type!r}; pick the other conversion"
+        )
+    model = model_class.from_pretrained(model_dir, config=config, dtype=torch.float32).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
@@ -526,7 +607,9 @@ __all__ = [
     "convert_nanogpt",
     "convert_training_checkpoint",
     "export_gpt2",
+    "from_gpt2",
     "import_gpt2",
+    "load_any_model",
     "load_torch_checkpoint",
     "normalize_state_dict",
     "reference_logits",

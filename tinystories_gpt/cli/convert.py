@@ -5,13 +5,17 @@
     python convert.py checkpoint out/checkpoints/step_1000 hf/      # Accelerate training checkpoint
     python convert.py gpt2 hf/ hf-gpt2/                             # plain GPT2LMHeadModel, no custom code
     python convert.py from-gpt2 hf-gpt2/ hf/
+    python convert.py gguf hf/ model.gguf [--outtype f32|f16|q8_0]   # for llama.cpp (hf/ or hf-gpt2/)
+    python convert.py onnx hf/ hf-onnx/                             # for ONNX Runtime, transformers.js, optimum
     python convert.py push hf/ user/tinystories-gpt [--private] [--revision R]
 
-Every conversion checks the written model's logits against its source before it reports success. Bad input
-is reported as one line on stderr with exit status 2.
+Every conversion checks the written model's logits against its source before it reports success (GGUF by
+reading the file back, ONNX by running it in ONNX Runtime). Bad input is reported as one line on stderr with
+exit status 2.
 """
 
 import argparse
+import importlib
 import sys
 
 from ..conversion import convert_nanogpt, convert_training_checkpoint, export_gpt2, import_gpt2
@@ -47,6 +51,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from_gpt2.add_argument("output_dir")
     from_gpt2.add_argument("--overwrite", action="store_true")
 
+    gguf = commands.add_parser("gguf", help="TinyStoriesGPT or GPT-2 folder -> GGUF file for llama.cpp")
+    gguf.add_argument("model_dir")
+    gguf.add_argument("output_file")
+    # no argparse `choices`: the library's refusal names the fix in one line, as for every other bad input
+    gguf.add_argument("--outtype", default="f32", help="f32, f16 or q8_0 (q8_0 needs n_embd divisible by 32)")
+    gguf.add_argument("--overwrite", action="store_true")
+
+    onnx = commands.add_parser("onnx", help="TinyStoriesGPT or GPT-2 folder -> GPT-2 folder with onnx/model.onnx")
+    onnx.add_argument("model_dir")
+    onnx.add_argument("output_dir")
+    onnx.add_argument("--overwrite", action="store_true")
+
     push = commands.add_parser("push", help="upload a Hub-ready folder to a Hub model repo")
     push.add_argument("model_dir")
     push.add_argument("repo_id", help="user/name or org/name")
@@ -81,10 +97,25 @@ def run(args: argparse.Namespace) -> str:
         out = export_gpt2(args.model_dir, args.output_dir, overwrite=args.overwrite)
     elif args.command == "from-gpt2":
         out = import_gpt2(args.gpt2_dir, args.output_dir, overwrite=args.overwrite)
+    elif args.command == "gguf":
+        export_gguf = export_function("export_gguf")
+        out = export_gguf(args.model_dir, args.output_file, outtype=args.outtype, overwrite=args.overwrite)
+    elif args.command == "onnx":
+        out = export_function("export_onnx")(args.model_dir, args.output_dir, overwrite=args.overwrite)
     else:
         url = push_to_hub(args.model_dir, args.repo_id, private=args.private, revision=args.revision)
         return f"pushed {args.model_dir} to {args.repo_id}: {url}"
     return f"wrote {out} (logits match the source weights)"
+
+
+def export_function(name: str):
+    """`export_gguf` or `export_onnx`, imported only when asked for: they need the `export` extra's libraries."""
+    try:
+        return getattr(importlib.import_module(f"tinystories_gpt.{name}"), name)
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f"convert.py {name.removeprefix('export_')} needs {error.name!r}: pip install 'tinystories-gpt[export]'"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
