@@ -22,6 +22,8 @@ ORDER = [
     "records",
     "hub",
     "conversion",
+    "lora",
+    "init_from",
     "training",
     "cli",
     "evaluate",

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .arguments import DataArguments, ModelArguments, TrainingArguments, model_config, parse_args
+from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from .checkpointing import (
     RunState,
     check_checkpoint_matches,
@@ -38,7 +38,9 @@ from .checkpointing import (
 from .data import TokenFile, prepare_data
 from .evaluation import SEED_PROMPT, estimate_loss, evaluate_split, next_token_loss, sample_stories
 from .hardware import can_compile, peak_flops, resolve_mixed_precision
-from .hub import push_to_hub, save_hub_folder
+from .hub import push_to_hub
+from .init_from import build_model, describe_start, hub_base_model, load_parent, start_summary
+from .lora import check_checkpoint_adapters, save_model_folder
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .optimization import build_optimizer, learning_rate_at, set_learning_rate
 from .records import (
@@ -137,13 +139,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     set_seed(args.seed)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
-    # 2. data and tokenizer (built once by the main process, reused from the cache by the others)
+    # 2. data and tokenizer (built once by the main process, reused from the cache by the others); a parent
+    # (--init_from) fixes the model's shape and the tokenizer first
     with accelerator.main_process_first():
+        parent = load_parent(model_args, data_args)
         data = load_training_data(data_args, model_args, args, accelerator)
 
     # 3. model and optimizer, then the state to resume
-    config = model_config(model_args, data.tokenizer)
-    model = TinyStoriesGPTForCausalLM._from_config(config, attn_implementation=model_args.attn_implementation)
+    model = build_model(model_args, data.tokenizer, parent)
+    config = model.config
+    if parent is not None:
+        accelerator.print(describe_start(parent, model, model_args))
     n_params = model.num_parameters()
     optimizer = build_optimizer(model, args, fused=use_cuda)
     if args.compile and can_compile(accelerator):
@@ -154,13 +160,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     tokens_per_step = args.batch_size * args.gradient_accumulation_steps * config.block_size * accelerator.num_processes
     print_run_plan(accelerator, config, n_params, tokens_per_step, data.train_tokens, args)
     if args.resume:
-        resume(accelerator, state, config, args)
+        resume(accelerator, model, state, config, args)
     accelerator.init_trackers("tinystories-gpt", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
 
     # 4. the loop
     throughput = Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device))
     progress = tqdm(total=args.max_iters, initial=state.step, disable=not accelerator.is_main_process, desc="training")
     model.train()
+    if parent is not None and state.step == 0:  # the parent's losses on this data: where the curve starts
+        evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
     with StopSignal() as stop:
         while state.step < args.max_iters:
             throughput.start_step()
@@ -183,7 +191,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     progress.close()
 
     # 5. the end
-    result = finish(accelerator, state, data, data_args, args, interrupted=state.step < args.max_iters)
+    result = finish(accelerator, state, data, model_args, data_args, args, interrupted=state.step < args.max_iters)
     accelerator.end_training()  # also ends the process group: last
     return result
 
@@ -203,10 +211,11 @@ def print_run_plan(accelerator, config, n_params: int, tokens_per_step: int, tra
     )
 
 
-def resume(accelerator: Accelerator, state: RunState, config, args: TrainingArguments) -> None:
+def resume(accelerator: Accelerator, model, state: RunState, config, args: TrainingArguments) -> None:
     """Load the newest checkpoint (model, optimizer, RNGs, run state) and drop the records written after it."""
     checkpoint = newest_checkpoint(args.checkpoints_dir)
     check_checkpoint_matches(checkpoint, config)
+    check_checkpoint_adapters(checkpoint, accelerator.unwrap_model(model))
     accelerator.load_state(str(checkpoint))
     if accelerator.is_main_process:
         truncate_metrics(Path(args.output_dir) / "metrics.jsonl", state.step)
@@ -265,6 +274,8 @@ class Throughput:
 
     def interval_record(self, num_processes: int) -> dict:
         """Mean tokens/s (and MFU on a known GPU) since the last call; starts a new interval."""
+        if not self.steps:  # an evaluation before the first step (--init_from) has no throughput to report
+            return {}
         tokens_per_second = self.steps * self.tokens_per_step / max(self.seconds, 1e-9)
         record = {"tokens_per_second": tokens_per_second}
         if self.peak:
@@ -300,6 +311,7 @@ def evaluate_and_record(model, state, data, accelerator, throughput, model_args,
             save_best(
                 plain_model,
                 data,
+                model_args,
                 args,
                 metrics={"val_loss": record["val_loss"], "step": state.step},
                 evaluation=f"an estimate on {windows} of {data.validation_source}, at step {state.step} of "
@@ -311,21 +323,25 @@ def evaluate_and_record(model, state, data, accelerator, throughput, model_args,
     accelerator.wait_for_everyone()
 
 
-def save_best(model, data: TrainingData, args: TrainingArguments, **card) -> None:
-    """Replace best/ (atomically) with `model`, its tokenizer and a card holding `card`'s figures."""
-    save_hub_folder(
+def save_best(
+    model, data: TrainingData, model_args: ModelArguments, args: TrainingArguments, *, training: dict, **card
+) -> None:
+    """Replace best/ (atomically) with `model` (after LoRA: merged, its adapter beside it), its tokenizer and a card
+    holding `card`'s figures, the recipe in `training` and the model training started from."""
+    save_model_folder(
         model,
         data.tokenizer,
         Path(args.output_dir) / "best",
         loss_curve=Path(args.output_dir) / "loss_curve.png",
         repo_id=args.hub_model_id,
         dataset_id=data.hub_id,
-        overwrite=True,
+        base_model=hub_base_model(model_args),
+        training=start_summary(model_args) | training,
         **card,
     )
 
 
-def finish(accelerator, state, data, data_args, args, interrupted: bool) -> dict:
+def finish(accelerator, state, data, model_args, data_args, args, interrupted: bool) -> dict:
     """Score best/ over the whole validation split, write the figures into its card, push if asked."""
     output_dir = Path(args.output_dir)
     best_dir = output_dir / "best"
@@ -343,6 +359,7 @@ def finish(accelerator, state, data, data_args, args, interrupted: bool) -> dict
         save_best(
             best_model,
             data,
+            model_args,
             args,
             metrics=final,
             evaluation=f"a full pass over {data.validation_source}: every token predicted once "
