@@ -205,16 +205,14 @@ def test_the_parent_fills_the_shape_and_the_tokenizer_and_block_size_may_be_lowe
     argv = finetune_args(tmp_path, parent, my_stories, "--block_size", "16", "--tokenizer", str(parent))
     model_args, data_args, _ = parse_args(argv)
     assert (model_args.n_layer, model_args.bias, data_args.tokenizer) == (None, None, str(parent))
-    loaded = load_parent(model_args, data_args)
+    model = load_parent(model_args, data_args).eval()
     assert (model_args.n_layer, model_args.n_head, model_args.n_embd, model_args.bias) == (2, 2, 32, True)
     assert (model_args.block_size, model_args.vocab_size, model_args.dropout) == (16, 513, 0.0)
-    model = loaded.model.eval()
     assert model.config.block_size == 16 and model.transformer.wpe.weight.shape == (16, 32)
     original = TinyStoriesGPTForCausalLM.from_pretrained(parent).eval()
     input_ids = torch.arange(16).unsqueeze(0)
     with torch.no_grad():  # the first 16 positions are the parent's own
         torch.testing.assert_close(model(input_ids).logits, original(input_ids).logits, rtol=0, atol=0)
-    assert loaded.tokenizer_spec == str(parent) and loaded.hub_id is None
 
 
 def test_a_fresh_model_keeps_its_defaults():
@@ -327,6 +325,12 @@ def test_lora_best_loads_where_peft_is_not_installed(lora_run):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "TinyStoriesGPTForCausalLM"
+
+
+def test_a_lora_checkpoint_is_not_a_parent(lora_run, my_stories, tmp_path):
+    with pytest.raises(ValueError, match="is a checkpoint of a LoRA run .* start from that run's best/"):
+        train(*parse_args(finetune_args(tmp_path, lora_run / "checkpoints" / "step_8", my_stories)))
+    train(*parse_args(finetune_args(tmp_path, lora_run / "best", my_stories, "--max_iters", "1")))  # its best/ is
 
 
 def test_resume_refuses_a_checkpoint_with_other_adapters(lora_run, parent, my_stories):
@@ -478,7 +482,8 @@ def test_finetune_preset_runs_shortened(parent, tmp_path):
         str(tmp_path / "cache"),
     )
     assert result.returncode == 0, result.stderr
-    assert f"starting from {parent}: every weight train" in result.stdout
+    size = TinyStoriesGPTForCausalLM.from_pretrained(parent).num_parameters()
+    assert f"starting from {parent}, training every weight: {size:,} of {size:,} parameters (100.00%)" in result.stdout
     assert "step 0: train loss" in result.stdout and "bits per byte" in result.stdout
     card = (tmp_path / "finetune" / "best" / "README.md").read_text()
     assert "data/my_stories.jsonl" in card

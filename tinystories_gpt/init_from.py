@@ -14,7 +14,6 @@ as nanoGPT's crop_block_size does); dropout stays the run's choice.
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from .conversion import (
     load_torch_checkpoint,
     split_checkpoint,
 )
-from .lora import add_lora_adapters, describe_lora
+from .lora import add_lora_adapters, checkpoint_adapters, describe_lora
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .tokenization import load_tokenizer, tokenizer_fingerprint
 
@@ -43,18 +42,8 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-@dataclass
-class Parent:
-    """The trained model a run starts from."""
-
-    name: str  # --init_from as given: a path or a Hub id
-    model: TinyStoriesGPTForCausalLM  # float32, with the run's block_size, dropout and attention kernel
-    tokenizer_spec: str  # where data.prepare_data finds the parent's tokenizer
-    hub_id: str | None  # the Hub repo it came from (the card's base_model); None for local files
-
-
-def load_parent(model_args: ModelArguments, data_args: DataArguments) -> Parent | None:
-    """The `--init_from` model, or None for a fresh one.
+def load_parent(model_args: ModelArguments, data_args: DataArguments) -> TinyStoriesGPTForCausalLM | None:
+    """The `--init_from` model (float32, with the run's block_size, dropout and attention kernel), or None.
 
     Refuses shape flags and a tokenizer that contradict the parent, then fills `model_args`' shape fields and
     `data_args.tokenizer` in with the parent's, so the rest of the run reads them as if they had been given.
@@ -76,16 +65,18 @@ def load_parent(model_args: ModelArguments, data_args: DataArguments) -> Parent 
     crop_block_size(model, model_args.block_size)
     model.name_or_path = name  # PEFT records it as the adapter's base model
     data_args.tokenizer = data_args.tokenizer or tokenizer_spec
-    return Parent(name=name, model=model, tokenizer_spec=tokenizer_spec, hub_id=hub_id)
+    return model
 
 
-def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerFast, parent: Parent | None):
+def build_model(
+    model_args: ModelArguments, tokenizer: PreTrainedTokenizerFast, parent: TinyStoriesGPTForCausalLM | None
+) -> PreTrainedModel:
     """The model a run trains: fresh from the arguments, or the parent (with LoRA adapters when `lora_r` is set)."""
     if parent is None:
         return TinyStoriesGPTForCausalLM._from_config(
             model_config(model_args, tokenizer), attn_implementation=model_args.attn_implementation
         )
-    return add_lora_adapters(parent.model, model_args) if model_args.lora_r else parent.model
+    return add_lora_adapters(parent, model_args) if model_args.lora_r else parent
 
 
 # 1. Where the parent is, and what it is ------------------------------------------------------------------------
@@ -121,6 +112,11 @@ def model_folder(
             "export, a training checkpoint (checkpoints/step_N) or a nanoGPT checkpoint file."
         )
     if (location / "tokenizer").is_dir() and not (location / "tokenizer_config.json").is_file():
+        if checkpoint_adapters(location):
+            raise ValueError(
+                f"--init_from {known_as} is a checkpoint of a LoRA run (adapters beside frozen weights): start from "
+                "that run's best/, where the adapters are merged, or --resume the run itself."
+            )
         return convert_training_checkpoint(location, scratch / "parent"), str(location / "tokenizer")
     model_type = json.loads((location / "config.json").read_text()).get("model_type")
     if model_type == "gpt2":
@@ -199,8 +195,11 @@ def start_summary(model_args: ModelArguments) -> dict:
     return rows | ({"lora": describe_lora(model_args)} if model_args.lora_r else {})
 
 
-def describe_start(parent: Parent, model: PreTrainedModel, model_args: ModelArguments) -> str:
+def describe_start(model: PreTrainedModel, model_args: ModelArguments) -> str:
     """What the run starts from and what of it trains, for the log."""
     trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
     method = f"LoRA adapters ({describe_lora(model_args)})" if model_args.lora_r else "every weight"
-    return f"starting from {parent.name}: {method} train, {trainable:,} of {total:,} parameters"
+    return (
+        f"starting from {model_args.init_from}, training {method}: {trainable:,} of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%)"
+    )

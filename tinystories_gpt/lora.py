@@ -85,15 +85,21 @@ def save_model_folder(
     return output_dir
 
 
+def checkpoint_adapters(checkpoint: Path) -> dict[str, tuple]:
+    """The shapes of the LoRA weights in a training checkpoint (read from the file's header only); {} for none.
+
+    Sharded (FSDP) checkpoints hold no model.safetensors: {} too, and Accelerate's own load reports mismatches.
+    """
+    weights_file = checkpoint / "model.safetensors"
+    if not weights_file.is_file():
+        return {}
+    with safe_open(weights_file, framework="pt") as weights:
+        return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys() if LORA_WEIGHT_MARK in name}
+
+
 def check_checkpoint_adapters(checkpoint: Path, model: torch.nn.Module) -> None:
     """A resume must train the adapters its checkpoint holds (or none, as it did): say what each side has."""
-    weights_file = checkpoint / "model.safetensors"
-    if not weights_file.is_file():  # sharded (FSDP) checkpoints: Accelerate's own load reports mismatches
-        return
-    with safe_open(weights_file, framework="pt") as weights:
-        saved = {
-            name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys() if LORA_WEIGHT_MARK in name
-        }
+    saved = checkpoint_adapters(checkpoint)
     wanted = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items() if LORA_WEIGHT_MARK in name}
     if saved != wanted:
         raise ValueError(

@@ -2,14 +2,15 @@
 
 1. The Accelerator (devices, processes, mixed precision, accumulation) and the output folder.
 2. The data: tokenized once by the main process, windows drawn by every process from the same seeded stream.
-3. The model and optimizer, prepared by Accelerate; `--resume` loads the newest checkpoint.
+3. The model (fresh, or `--init_from`'s parent, with LoRA adapters if asked) and optimizer, prepared by Accelerate;
+   `--resume` loads the newest checkpoint. A run from a parent first evaluates it: step 0 of the records.
 4. Optimizer steps of `gradient_accumulation_steps` micro-batches; every `eval_interval` steps an evaluation
    (metrics, loss curve, samples, best/), every `checkpoint_interval` steps (and on SIGINT/SIGTERM) a checkpoint.
 5. The end: best/ scored over the whole validation split, its card rewritten with those figures, pushed if asked.
 
-The pieces live in their own modules: arguments.py (what the run is told), optimization.py (AdamW, schedule),
-hardware.py (precision, compile), checkpointing.py (the output folder), records.py (what people read),
-evaluation.py (losses, samples).
+The pieces live in their own modules: arguments.py (what the run is told), init_from.py (the model it starts from),
+lora.py (adapters, best/ merged), optimization.py (AdamW, schedule), hardware.py (precision, compile),
+checkpointing.py (the output folder), records.py (what people read), evaluation.py (losses, samples).
 """
 
 import json
@@ -149,7 +150,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     model = build_model(model_args, data.tokenizer, parent)
     config = model.config
     if parent is not None:
-        accelerator.print(describe_start(parent, model, model_args))
+        accelerator.print(describe_start(model, model_args))
     n_params = model.num_parameters()
     optimizer = build_optimizer(model, args, fused=use_cuda)
     if args.compile and can_compile(accelerator):
