@@ -61,21 +61,3 @@ def test_training_arguments_are_dataclasses_with_the_seed_names():
         "report_to resume push_to_hub hub_model_id"
     ).split():
         assert name in names, name
-
-
-@pytest.mark.parametrize(
-    "name, distributed_type", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED")]
-)
-def test_shipped_accelerate_configs_load(name, distributed_type):
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    from tinystories_gpt import modeling_tinystories_gpt
-
-    config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
-    assert config.distributed_type.value == distributed_type and config.mixed_precision == "bf16"
-    if name == "fsdp":  # the block class FSDP wraps must exist under that name
-        assert hasattr(modeling_tinystories_gpt, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
-    if name == "deepspeed_zero2":  # DeepSpeed owns accumulation and clipping: they must match the seed preset
-        _, _, seed = parse_args(["--config", str(REPO / "configs" / "seed.yaml")])
-        assert config.deepspeed_config["gradient_accumulation_steps"] == seed.gradient_accumulation_steps
-        assert config.deepspeed_config["gradient_clipping"] == seed.grad_clip

@@ -12,8 +12,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel, get_peft_model
+from runs import REPO, assert_same_tensors, losses, optimizer_tensors, run_cli, tiny_args
 from safetensors.torch import load_file
-from test_training import assert_same_tensors, losses, optimizer_tensors, run_cli, tiny_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
@@ -23,7 +23,6 @@ from tinystories_gpt.init_from import load_parent
 from tinystories_gpt.tokenization import tokenizer_fingerprint
 from tinystories_gpt.training import parse_args, train
 
-REPO = Path(__file__).resolve().parent.parent
 TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 
@@ -331,6 +330,15 @@ def test_a_lora_checkpoint_is_not_a_parent(lora_run, my_stories, tmp_path):
     with pytest.raises(ValueError, match="is a checkpoint of a LoRA run .* start from that run's best/"):
         train(*parse_args(finetune_args(tmp_path, lora_run / "checkpoints" / "step_8", my_stories)))
     train(*parse_args(finetune_args(tmp_path, lora_run / "best", my_stories, "--max_iters", "1")))  # its best/ is
+
+
+def test_lora_under_fsdp_is_refused_before_any_work(parent, my_stories, tmp_path, monkeypatch):
+    from tinystories_gpt import training
+
+    monkeypatch.setattr(training, "is_sharded", lambda accelerator: True)  # as under an FSDP launch
+    with pytest.raises(ValueError, match="--lora_r under FSDP"):
+        train(*parse_args(finetune_args(tmp_path, parent, my_stories, "--lora_r", "4")))
+    assert not (tmp_path / "token-cache").exists()
 
 
 def test_resume_refuses_a_checkpoint_with_other_adapters(lora_run, parent, my_stories):

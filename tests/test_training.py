@@ -1,7 +1,6 @@
 """The training loop end to end on the bundled data, plus its recipe pieces and bad inputs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,61 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from runs import REPO, assert_same_tensors, losses, optimizer_tensors, run_cli, tiny_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+from tinystories_gpt.cli import evaluate as evaluate_cli
 from tinystories_gpt.evaluation import next_token_loss
 from tinystories_gpt.training import TrainingDiverged, parse_args, train
-
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "data" / "tinystories"
-TINY_MODEL = ["--block_size", "32", "--n_layer", "2", "--n_head", "2", "--n_embd", "32"]
-
-
-def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
-    """A run of seconds: a 512-token BPE, a 2-layer model, cached tokens shared across the test session."""
-    return [
-        "--dataset",
-        str(DATA),
-        "--tokenizer",
-        "bpe:512",
-        "--cache_dir",
-        str(tmp_path.parent / "token-cache"),
-        *TINY_MODEL,
-        "--batch_size",
-        "8",
-        "--gradient_accumulation_steps",
-        "2",
-        "--max_iters",
-        "8",
-        "--warmup_steps",
-        "2",
-        "--learning_rate",
-        "3e-3",
-        "--min_lr",
-        "3e-4",
-        "--eval_interval",
-        "4",
-        "--eval_iters",
-        "4",
-        "--checkpoint_interval",
-        "4",
-        "--num_samples",
-        "1",
-        "--output_dir",
-        str(tmp_path / "run"),
-        "--seed",
-        "7",
-        "--mixed_precision",
-        "no",
-        "--cpu",
-        *extra,
-    ]
-
-
-def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    # run from the checkout, as the README does: the presets name data/tinystories relative to it
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *argv], capture_output=True, text=True, cwd=REPO)
 
 
 def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
@@ -94,8 +45,9 @@ def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
 
     card = ModelCard.load(best / "README.md")  # local files: named as such, no Hub dataset claimed
     assert card.data.datasets is None and card.data.eval_results is None and "roneneldan" not in card.content
-    assert f"trained on local files (`{DATA}`)" in card.text
-    assert f"a full pass over the validation split of {DATA}: every token predicted once" in card.text
+    stories = tmp_path.parent / "small-stories"
+    assert f"trained on local files (`{stories}`)" in card.text
+    assert f"a full pass over the validation split of {stories}: every token predicted once" in card.text
 
 
 def test_an_unfinished_run_says_its_card_figures_are_interim(tmp_path, monkeypatch):
@@ -104,7 +56,7 @@ def test_an_unfinished_run_says_its_card_figures_are_interim(tmp_path, monkeypat
     monkeypatch.setattr(training, "finish", lambda *args, **kwargs: {})  # as if killed before the final pass
     train(*parse_args(tiny_args(tmp_path)))
     text = ModelCard.load(tmp_path / "run" / "best" / "README.md").text
-    assert "an estimate on 4 fixed batches of 8 x 32-token windows of the validation split" in text
+    assert "an estimate on 4 fixed batches of 64 x 32-token windows of the validation split" in text
     assert "interim figures" in text
 
 
@@ -196,55 +148,6 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
     assert losses(whole / "run") == losses(broken / "run")
 
 
-def assert_same_tensors(expected: dict, actual: dict) -> None:
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
-
-
-def optimizer_tensors(checkpoint: Path) -> dict:
-    state = torch.load(checkpoint / "optimizer.bin", weights_only=True)["state"]
-    return {f"{index}.{name}": value for index, tensors in state.items() for name, value in tensors.items()}
-
-
-def losses(run: Path) -> list[tuple]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(record["step"], record["train_loss"], record["val_loss"]) for record in records]
-
-
-def test_two_processes_match_one_process_with_accumulation(tmp_path):
-    """2 processes x accumulation 1 update the weights as 1 process x accumulation 2 does, on the same windows."""
-    recipe = ["--max_iters", "4", "--eval_interval", "4", "--checkpoint_interval", "4", "--dropout", "0"]
-    single = tmp_path / "single"
-    single.mkdir()
-    result = run_cli(*tiny_args(single, *recipe, "--gradient_accumulation_steps", "2"))
-    assert result.returncode == 0, result.stderr
-
-    double = tmp_path / "double"
-    double.mkdir()
-    # the shipped multi-GPU config, on CPU: our --cpu makes each rank use gloo (`accelerate launch --cpu
-    # --num_processes 2` would start one process only)
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "configs/accelerate/ddp.yaml"),
-    ]
-    command += ["--num_processes", "2", "--main_process_port", "29517", str(REPO / "train.py")]
-    command += tiny_args(double, *recipe, "--gradient_accumulation_steps", "1")
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr
-    assert "x 2 processes" in result.stdout
-
-    expected = load_file(single / "run" / "checkpoints" / "step_4" / "model.safetensors")
-    actual = load_file(double / "run" / "checkpoints" / "step_4" / "model.safetensors")
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
-    # only the main process wrote the run's files: one metrics line per evaluation
-    assert len((double / "run" / "metrics.jsonl").read_text().splitlines()) == 1
-
-
 def test_quickstart_preset_runs_shortened(tmp_path):
     """The README's quickstart command, cut to a few steps: it ends with a story and the output listing."""
     output_dir = tmp_path / "quickstart"
@@ -303,3 +206,21 @@ def test_compiled_training_checkpoints_resume_without_compile(tmp_path):
     resumed = run_cli(*tiny_args(tmp_path, *recipe, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
+
+
+def test_a_dev_split_is_tuned_on_and_the_validation_split_scored_once(tmp_path, capsys):
+    """--dev_stories: evaluations and best/ use the dev hold-out; only the final pass sees the validation split."""
+    result = train(*parse_args(tiny_args(tmp_path, "--dev_stories", "40")))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("dev_loss" in record and "val_loss" not in record for record in records)
+    assert "step 8: train loss" in (printed := capsys.readouterr().out) and ", dev loss " in printed
+    validation = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert validation == {key: result[key] for key in validation}
+    # the same figures the evaluate command gives for the validation split; the dev split is its own
+    stories = str(tmp_path.parent / "small-stories")
+    best = str(tmp_path / "run" / "best")
+    assert evaluate_cli.main([best, "--dataset", stories, "--json", "--cache_dir", str(tmp_path / "cache")]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == validation["tokens"]
+    dev = [best, "--dataset", stories, "--split", "dev", "--dev_stories", "40", "--json"]
+    assert evaluate_cli.main(dev) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] != validation["tokens"]

@@ -12,6 +12,7 @@ import yaml
 from transformers import HfArgumentParser, PreTrainedTokenizerFast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .budget import MIN_WARMUP_STEPS
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
 from .tokenization import check_vocab_fits
 
@@ -20,6 +21,7 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 # and decay to min_lr (Transformers' "cosine" and "linear" end at 0: set --min_lr 0 for those)
 LR_SCHEDULER_TYPES = ("cosine", "linear")
 TRACKERS = ("none", "all", "tensorboard", "wandb", "trackio")
+SEED_MAX_ITERS = 25_000
 # Transformers' own registry (which the model dispatches through), so new kernels need no change here; the paged
 # kernels serve continuous-batching generation only
 ATTENTION_CHOICES = ("eager", *(key for key in ALL_ATTENTION_FUNCTIONS.valid_keys() if not key.startswith("paged")))
@@ -174,6 +176,13 @@ class DataArguments:
     validation_split_percentage: float = field(
         default=5.0, metadata={"help": "Hold-out carved from train when the dataset has no validation split."}
     )
+    dev_stories: int = field(
+        default=0,
+        metadata={
+            "help": "Hold the last N train stories out as a dev split: evaluations and best/ choose on it, and the "
+            "validation split is scored once, by the final pass (tune on dev, report validation)."
+        },
+    )
     num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization (default: CPU count)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where token files are cached."})
 
@@ -185,9 +194,28 @@ class TrainingArguments:
     output_dir: str = field(default="out", metadata={"help": "Folder for best/, checkpoints/, metrics and plots."})
     batch_size: int = field(default=32, metadata={"help": "Sequences per micro-batch per process."})
     gradient_accumulation_steps: int = field(default=32, metadata={"help": "Micro-batches per optimizer step."})
-    max_iters: int = field(default=25000, metadata={"help": "Optimizer steps (not micro-batches)."})
+    max_iters: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Optimizer steps (not micro-batches); default {SEED_MAX_ITERS:,}, the seed's. With --max_time, "
+            "an upper bound on the number the run chooses."
+        },
+    )
+    max_time: float | None = field(
+        default=None,
+        metadata={
+            "help": "A wall-clock budget in seconds for the whole run, from the start of the process to the final "
+            "story: after a few warm-up steps the run measures its own speed and fixes max_iters so that training, "
+            "evaluations, checkpoints and the final pass all fit. The number it chooses is saved with the "
+            "checkpoints, so --resume continues the same run."
+        },
+    )
     eval_interval: int = field(default=500, metadata={"help": "Optimizer steps between evaluations."})
     eval_iters: int = field(default=500, metadata={"help": "Batches per split in each evaluation."})
+    eval_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Sequences per evaluation batch (the fixed windows and the final pass); default batch_size."},
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate, reached after warmup."})
     min_lr: float = field(default=1e-5, metadata={"help": "Learning rate at the end of the decay."})
     lr_scheduler_type: str = field(
@@ -214,7 +242,23 @@ class TrainingArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "Repo id for push_to_hub, e.g. user/name."})
 
     def __post_init__(self):
-        for name in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters"):
+        if self.max_iters is None and self.max_time is None:
+            self.max_iters = SEED_MAX_ITERS
+        if self.eval_batch_size is None:
+            self.eval_batch_size = self.batch_size
+        require(
+            self.max_time is None or self.max_time > 0,
+            f"max_time must be a positive number of seconds, got {self.max_time}.",
+        )
+        require(
+            self.max_time is None or self.warmup_steps >= MIN_WARMUP_STEPS,
+            f"--max_time measures the run's speed during the warm-up, which needs at least {MIN_WARMUP_STEPS} "
+            f"steps; got warmup_steps={self.warmup_steps}. Raise --warmup_steps.",
+        )
+        require(
+            self.max_iters is None or self.max_iters > 0, f"max_iters must be a positive integer, got {self.max_iters}."
+        )
+        for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "eval_batch_size"):
             require(getattr(self, name) > 0, f"{name} must be a positive integer, got {getattr(self, name)}.")
         for name in ("checkpoint_interval", "keep_checkpoints"):
             require(getattr(self, name) > 0, f"{name} must be a positive integer, got {getattr(self, name)}.")
@@ -230,7 +274,7 @@ class TrainingArguments:
             f"lr_scheduler_type must be one of {', '.join(LR_SCHEDULER_TYPES)}, got {self.lr_scheduler_type!r}.",
         )
         require(
-            0 <= self.warmup_steps <= self.max_iters,
+            0 <= self.warmup_steps <= (self.max_iters or self.warmup_steps),
             f"warmup_steps ({self.warmup_steps}) must lie between 0 and max_iters ({self.max_iters}).",
         )
         require(self.weight_decay >= 0, f"weight_decay must not be negative, got {self.weight_decay}.")

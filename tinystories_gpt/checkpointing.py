@@ -40,6 +40,7 @@ class RunState:
         self.step = 0
         self.tokens_seen = 0
         self.best_val_loss = math.inf
+        self.chosen_max_iters = None  # what a --max_time run chose, once it has
         self.sampler = sampler
 
     def state_dict(self) -> dict:
@@ -47,6 +48,7 @@ class RunState:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
+            "chosen_max_iters": self.chosen_max_iters,
             "sampler": self.sampler.state_dict(),
         }
 
@@ -54,6 +56,7 @@ class RunState:
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.best_val_loss = state["best_val_loss"]
+        self.chosen_max_iters = state.get("chosen_max_iters")  # absent from checkpoints of older releases
         self.sampler.load_state_dict(state["sampler"])
 
 
@@ -107,7 +110,8 @@ def save_checkpoint(accelerator: Accelerator, step: int, config: TinyStoriesGPTC
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial), safe_serialization=True)
+    accelerator.save_state(str(partial), safe_serialization=True)  # under FSDP, every process writes its shard
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         config.save_pretrained(partial)  # lets convert.py and --resume check shapes without loading weights
         tokenizer.save_pretrained(partial / "tokenizer")

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,9 @@ FORMAT_VERSION = 1  # bump when the story reader or the token file layout change
 # 1. Sources
 
 
-def load_text_splits(dataset: str | Path = DEFAULT_DATASET, validation_split_percentage: float = 5.0) -> DatasetDict:
+def load_text_splits(
+    dataset: str | Path = DEFAULT_DATASET, validation_split_percentage: float = 5.0, dev_stories: int = 0
+) -> DatasetDict:
     """Load stories as a DatasetDict with `train` and `validation` splits, each with a `text` column.
 
     `dataset` is a Hub dataset name (loaded with `datasets.load_dataset`) or a local path: a folder holding
@@ -52,9 +55,10 @@ def load_text_splits(dataset: str | Path = DEFAULT_DATASET, validation_split_per
     Extensions: `.txt` (stories separated by lines holding `<|endoftext|>`, like the official TinyStories text
     files), `.jsonl`/`.json` (a `text` field), `.parquet`. Without a validation split, the first
     `validation_split_percentage` percent of the stories are held out as one (as in Transformers' run_clm.py),
-    which is deterministic and keeps the files' order.
+    which is deterministic and keeps the files' order. With `dev_stories`, the last that many train stories become
+    a third split, `dev`, for tuning without looking at the validation split.
     """
-    return _load_splits(dataset, validation_split_percentage)[0]
+    return _load_splits(dataset, validation_split_percentage, dev_stories)[0]
 
 
 def is_local_source(dataset: str | Path) -> bool:
@@ -62,8 +66,10 @@ def is_local_source(dataset: str | Path) -> bool:
     return Path(dataset).expanduser().exists()
 
 
-def _load_splits(dataset: str | Path, validation_split_percentage: float) -> tuple[DatasetDict, bool]:
-    """(the two splits, whether the validation split was held out of train)."""
+def _load_splits(
+    dataset: str | Path, validation_split_percentage: float, dev_stories: int = 0
+) -> tuple[DatasetDict, bool]:
+    """(the splits, whether the validation split was held out of train)."""
     splits = _load_local(Path(dataset).expanduser()) if is_local_source(dataset) else _load_hub(str(dataset))
     if "train" not in splits:
         raise ValueError(f"{dataset} has no train split (splits found: {', '.join(splits)}); name one 'train'")
@@ -72,7 +78,21 @@ def _load_splits(dataset: str | Path, validation_split_percentage: float) -> tup
     held_out = "validation" not in splits
     if held_out:
         splits = _hold_out(splits["train"], validation_split_percentage, dataset)
-    return DatasetDict({name: splits[name].select_columns(TEXT_COLUMN) for name in SPLITS}), held_out
+    if dev_stories:
+        splits |= _dev_split(splits["train"], dev_stories, dataset)
+    names = (*SPLITS, "dev") if dev_stories else SPLITS
+    return DatasetDict({name: splits[name].select_columns(TEXT_COLUMN) for name in names}), held_out
+
+
+def _dev_split(train: Dataset, dev_stories: int, dataset: str | Path) -> dict[str, Dataset]:
+    """The last `dev_stories` train stories as `dev`, the rest as `train`."""
+    if not 0 < dev_stories < len(train):
+        raise ValueError(
+            f"dev_stories={dev_stories} must leave train stories to train on: the train split of {dataset} has "
+            f"{len(train)}; hold out fewer"
+        )
+    cut = len(train) - dev_stories
+    return {"train": train.select(range(cut)), "dev": train.select(range(cut, len(train)))}
 
 
 def _load_hub(name: str) -> dict[str, Dataset]:
@@ -235,8 +255,10 @@ class PreparedData:
     tokenizer: PreTrainedTokenizerFast
     train: TokenFile
     validation: TokenFile
+    dev: TokenFile | None  # the tuning hold-out carved from train, when asked for
     hub_id: str | None  # the Hub dataset name, or None for local files
     validation_source: str  # what the validation split is, in words, for the model card
+    seconds: dict[str, float]  # wall time of each phase: "tokenizer" (train or load it), "tokenization" (both splits)
 
 
 def default_cache_dir() -> Path:
@@ -250,27 +272,33 @@ def prepare_data(
     cache_dir: str | Path | None = None,
     validation_split_percentage: float = 5.0,
     num_proc: int | None = None,
+    dev_stories: int = 0,
 ) -> PreparedData:
     """Load the source, resolve the tokenizer spec (training `bpe:N` on the train split), tokenize both splits.
 
     Everything is cached under `cache_dir` (default: `default_cache_dir()`), so a second call is fast.
     """
-    splits, held_out = _load_splits(dataset, validation_split_percentage)
+    started = time.perf_counter()
+    splits, held_out = _load_splits(dataset, validation_split_percentage, dev_stories)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     resolved = load_tokenizer(
         tokenizer, training_texts=splits["train"], cache_dir=cache_dir, cache_key=dataset_fingerprint(splits["train"])
     )
-    train, validation = (tokenize_split(splits[name], resolved, cache_dir, name, num_proc) for name in SPLITS)
+    tokenized = time.perf_counter()
+    token_files = {name: tokenize_split(split, resolved, cache_dir, name, num_proc) for name, split in splits.items()}
+    seconds = {"tokenizer": tokenized - started, "tokenization": time.perf_counter() - tokenized}
     return PreparedData(
         tokenizer=resolved,
-        train=train,
-        validation=validation,
+        train=token_files["train"],
+        validation=token_files["validation"],
+        dev=token_files.get("dev"),
         hub_id=None if is_local_source(dataset) else str(dataset),
         validation_source=(
             f"a {validation_split_percentage:g}% hold-out of the train split of {dataset}"
             if held_out
             else f"the validation split of {dataset}"
         ),
+        seconds=seconds,
     )
 
 

@@ -49,8 +49,12 @@ def estimate_loss(model: torch.nn.Module, batches: list, accelerator: Accelerato
     with accelerator.split_between_processes(batches) as share:
         num_mine = len(share)
     # padded with copies of the last batch so every process runs as many forwards (FSDP's all-gathers must pair
-    # up); only the first num_mine count
-    with accelerator.split_between_processes(batches, apply_padding=True) as padded:
+    # up); only the first num_mine count. Eager even under --compile: an eval-mode graph would be compiled anew,
+    # for a few seconds of forwards
+    with (
+        accelerator.split_between_processes(batches, apply_padding=True) as padded,
+        torch.compiler.set_stance("force_eager"),
+    ):
         for index, (input_ids, labels) in enumerate(padded):
             nats, num_labels = _summed_loss(model, input_ids.to(accelerator.device), labels.to(accelerator.device))
             if index < num_mine:

@@ -113,7 +113,7 @@ def eval_results(metrics: dict | None, dataset_id: str | None) -> list[EvalResul
                 task_name="Text Generation",
                 dataset_type=dataset_id,
                 dataset_name=dataset_id.split("/")[-1],
-                dataset_split="validation",
+                dataset_split=metrics.get("split", "validation"),
                 metric_type=metric_type,
                 metric_name=metric_name,
                 metric_value=value,
@@ -125,15 +125,15 @@ def eval_results(metrics: dict | None, dataset_id: str | None) -> list[EvalResul
 def card_results(metrics: dict | None) -> list[tuple[str, str, float]]:
     """(metric type, display name, value) for each measured metric.
 
-    `loss` is the validation loss in nats per token (training's early records call it `val_loss`);
-    perplexity is exp(loss) unless given.
+    `loss` is the held-out loss in nats per token (training's early records call it `val_loss`), on the
+    `split` the metrics name (default: validation); perplexity is exp(loss) unless given.
     """
     if not metrics:
         return []
     loss = metrics.get("loss", metrics.get("val_loss"))
     perplexity = metrics.get("perplexity", math.exp(loss) if loss is not None else None)
     measured = [
-        ("loss", "Validation loss (nats/token)", loss),
+        ("loss", f"{metrics.get('split', 'validation').capitalize()} loss (nats/token)", loss),
         ("perplexity", "Perplexity", perplexity),
         ("bits_per_byte", "Bits per byte", metrics.get("bits_per_byte")),
     ]

@@ -3,9 +3,13 @@ shows, and the FLOPs behind MFU. Written by the main process only; each file is 
 
 import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .arguments import DataArguments, TrainingArguments
+from .budget import MEASURE_AFTER as WARMUP_STEPS_TIMED
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
 
 
@@ -34,7 +38,9 @@ def plot_loss_curve(metrics: list[dict], path: Path) -> None:
     steps = [record["step"] for record in metrics]
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.plot(steps, [record["train_loss"] for record in metrics], label="train loss", marker=".")
-    axes.plot(steps, [record["val_loss"] for record in metrics], label="validation loss", marker=".")
+    held_out = "dev" if metrics and "dev_loss" in metrics[0] else "val"
+    label = "dev loss" if held_out == "dev" else "validation loss"
+    axes.plot(steps, [record[f"{held_out}_loss"] for record in metrics], label=label, marker=".")
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("cross-entropy (nats/token)")
     axes.set_title("TinyStories GPT: loss")
@@ -76,3 +82,75 @@ def training_summary(step: int, tokens_seen: int, data_args: DataArguments, args
 def model_flops_per_token(config: TinyStoriesGPTConfig, n_params: int) -> float:
     """Training FLOPs per token: 6N for the matmuls plus attention's 12 L T C (PaLM appendix B)."""
     return 6 * n_params + 12 * config.n_layer * config.block_size * config.n_embd
+
+
+class Throughput:
+    """Training tokens/s, timed around optimizer steps only (evaluations and checkpoints are not training)."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None):
+        self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak_flops
+        self.seconds = self.steps = 0  # since the last evaluation
+        self.step_seconds: list[float] = []  # every step of this process's run, in order
+        self.last = ""
+
+    def start_step(self) -> None:
+        self._started = time.perf_counter()
+
+    def end_step(self) -> None:
+        seconds = time.perf_counter() - self._started
+        self.seconds += seconds
+        self.steps += 1
+        self.step_seconds.append(seconds)
+        self.last = f"{self.tokens_per_step / seconds:,.0f}"
+
+    def typical_step(self) -> float:
+        """The median step once compiled and warm (the first WARMUP_STEPS_TIMED steps left out)."""
+        measured = sorted(self.step_seconds[WARMUP_STEPS_TIMED:] or self.step_seconds)
+        return measured[len(measured) // 2]
+
+    def warmup_seconds(self) -> float:
+        """What the first steps cost beyond typical ones: compilation, mostly."""
+        first = self.step_seconds[:WARMUP_STEPS_TIMED]
+        return max(sum(first) - len(first) * self.typical_step(), 0.0) if self.step_seconds else 0.0
+
+    def total_seconds(self) -> float:
+        return sum(self.step_seconds)
+
+    def interval_record(self, num_processes: int) -> dict:
+        """Mean tokens/s (and MFU on a known GPU) since the last call; starts a new interval."""
+        if not self.steps:  # an evaluation before the first step (--init_from) has no throughput to report
+            return {}
+        tokens_per_second = self.steps * self.tokens_per_step / max(self.seconds, 1e-9)
+        record = {"tokens_per_second": tokens_per_second}
+        if self.peak:
+            record["mfu"] = self.flops_per_token * tokens_per_second / (self.peak * num_processes)
+        self.seconds = self.steps = 0
+        return record
+
+
+class PhaseClock:
+    """Wall time per phase of the run (tokenizer, tokenization, compile, training, ...), for the closing summary."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - started)
+
+    def summary(self) -> str:
+        """'tokenizer 12s, tokenization 20s, compile 31s, training 7m02s, ...'"""
+        return ", ".join(f"{phase} {format_seconds(seconds)}" for phase, seconds in self.seconds.items())
+
+
+def format_seconds(seconds: float) -> str:
+    """12.3 -> '12s'; 421 -> '7m01s'."""
+    seconds = round(max(seconds, 0.0))
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"

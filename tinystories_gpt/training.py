@@ -17,7 +17,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from .budget import TimeBudget, choose_max_iters, decision_step, process_start_time
 from .checkpointing import (
     RunState,
     check_checkpoint_matches,
@@ -37,23 +38,27 @@ from .checkpointing import (
     set_aside_diverged,
 )
 from .data import TokenFile, prepare_data
+from .distributed import engine_name, full_state_dict, is_sharded, make_accelerator
 from .evaluation import SEED_PROMPT, estimate_loss, evaluate_split, next_token_loss, sample_stories
-from .hardware import can_compile, peak_flops, resolve_mixed_precision
+from .hardware import can_compile, peak_flops
 from .hub import push_to_hub
 from .init_from import build_model, describe_start, hub_base_model, load_parent, start_summary
 from .lora import check_checkpoint_adapters, save_model_folder
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .optimization import build_optimizer, learning_rate_at, set_learning_rate
 from .records import (
+    PhaseClock,
+    Throughput,
     append_metrics,
     append_samples,
+    format_seconds,
     model_flops_per_token,
     plot_loss_curve,
     read_metrics,
     training_summary,
     truncate_metrics,
 )
-from .windows import WindowSampler, fixed_eval_batches
+from .windows import DeviceBatches, WindowSampler, fixed_eval_batches
 
 __all__ = ["TrainingDiverged", "parse_args", "train"]
 
@@ -90,10 +95,13 @@ class TrainingData:
     train_tokens: int
     train_sampler: WindowSampler
     train_eval_batches: list
-    val_eval_batches: list
+    held_out_batches: list  # fixed windows of the dev split if there is one, else of the validation split
+    held_out_name: str  # "dev" or "val", the records' key prefix
+    held_out_source: str  # the held-out split in words, for the card
     val_split: TokenFile
     hub_id: str | None
     validation_source: str
+    seconds: dict[str, float]
 
 
 def load_training_data(
@@ -106,9 +114,10 @@ def load_training_data(
         cache_dir=data_args.cache_dir,
         validation_split_percentage=data_args.validation_split_percentage,
         num_proc=data_args.num_proc,
+        dev_stories=data_args.dev_stories,
     )
-    train_tokens, val_tokens = prepared.train.tokens(), prepared.validation.tokens()
-    block_size, batch_size = model_args.block_size, args.batch_size
+    train_tokens, held_out_tokens = prepared.train.tokens(), (prepared.dev or prepared.validation).tokens()
+    block_size, batch_size, eval_batch_size = model_args.block_size, args.batch_size, args.eval_batch_size
     return TrainingData(
         tokenizer=prepared.tokenizer,
         train_tokens=prepared.train.num_tokens,
@@ -116,25 +125,30 @@ def load_training_data(
             train_tokens, block_size, batch_size, args.seed, accelerator.process_index, accelerator.num_processes
         ),
         # every process builds the same fixed lists; estimate_loss gives each its share
-        train_eval_batches=fixed_eval_batches(train_tokens, block_size, batch_size, args.eval_iters, args.seed + 1),
-        val_eval_batches=fixed_eval_batches(val_tokens, block_size, batch_size, args.eval_iters, args.seed + 2),
+        train_eval_batches=fixed_eval_batches(
+            train_tokens, block_size, eval_batch_size, args.eval_iters, args.seed + 1
+        ),
+        held_out_batches=fixed_eval_batches(
+            held_out_tokens, block_size, eval_batch_size, args.eval_iters, args.seed + 2
+        ),
+        held_out_name="dev" if prepared.dev else "val",
+        held_out_source=(
+            f"the dev split (the last {data_args.dev_stories} train stories of {data_args.dataset}, held out)"
+            if prepared.dev
+            else prepared.validation_source
+        ),
         val_split=prepared.validation,
         hub_id=prepared.hub_id,
         validation_source=prepared.validation_source,
+        seconds=prepared.seconds,
     )
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     """Train, evaluate and checkpoint; returns the final metrics and where the best model lies."""
     # 1. the Accelerator and the output folder
-    use_cuda = torch.cuda.is_available() and not args.cpu
-    accelerator = Accelerator(
-        cpu=args.cpu,
-        mixed_precision=resolve_mixed_precision(args.mixed_precision, use_cuda),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=str(Path(args.output_dir) / "logs"),
-    )
+    clock = PhaseClock()
+    accelerator = make_accelerator(args)
     prepare_output_dir(args, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(args.seed)
@@ -142,9 +156,16 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
     # 2. data and tokenizer (built once by the main process, reused from the cache by the others); a parent
     # (--init_from) fixes the model's shape and the tokenizer first
+    if model_args.lora_r and is_sharded(accelerator):  # merging and resuming adapters need the whole model
+        raise ValueError(
+            "--lora_r under FSDP is not supported: LoRA trains a few adapters on a model that fits one device, so "
+            "launch it with configs/accelerate/ddp.yaml or as one process."
+        )
     with accelerator.main_process_first():
         parent = load_parent(model_args, data_args)
         data = load_training_data(data_args, model_args, args, accelerator)
+    for phase, seconds in data.seconds.items():
+        clock.add(phase, seconds)
 
     # 3. model and optimizer, then the state to resume
     model = build_model(model_args, data.tokenizer, parent)
@@ -152,11 +173,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if parent is not None:
         accelerator.print(describe_start(model, model_args))
     n_params = model.num_parameters()
-    optimizer = build_optimizer(model, args, fused=use_cuda)
+    optimizer = build_optimizer(model, args, fused=accelerator.device.type == "cuda")
     if args.compile and can_compile(accelerator):
         model.compile()  # in place, unlike torch.compile(model): checkpoints keep their plain key names
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = RunState(data.train_sampler)
+    state = RunState(DeviceBatches(data.train_sampler, accelerator.device))
     accelerator.register_for_checkpointing(state)
     tokens_per_step = args.batch_size * args.gradient_accumulation_steps * config.block_size * accelerator.num_processes
     print_run_plan(accelerator, config, n_params, tokens_per_step, data.train_tokens, args)
@@ -165,50 +186,96 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     accelerator.init_trackers("tinystories-gpt", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
 
     # 4. the loop
+    budget = TimeBudget(args.max_time) if args.max_time else None
+    if budget and budget.seconds_left() <= 0:
+        raise ValueError(
+            f"--max_time {args.max_time:g} was spent before the first step ({budget.elapsed():.0f} s reading, "
+            "tokenizing and building the model). Raise --max_time."
+        )
+    step_cap = args.max_iters  # with --max_time, an upper bound on the number chosen
+    if budget:
+        args = replace(args, max_iters=state.chosen_max_iters)  # None until chosen (or as a resumed run chose it)
     throughput = Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device))
     progress = tqdm(total=args.max_iters, initial=state.step, disable=not accelerator.is_main_process, desc="training")
     model.train()
     if parent is not None and state.step == 0:  # the parent's losses on this data: where the curve starts
-        evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
+        with clock.timing("evaluations"):
+            evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
     with StopSignal() as stop:
-        while state.step < args.max_iters:
+        while args.max_iters is None or state.step < args.max_iters:
             throughput.start_step()
             step_loss, stop_requested = optimizer_step(model, optimizer, state, args, accelerator, stop.requested)
             state.step += 1
             state.tokens_seen += tokens_per_step
             throughput.end_step()
             progress.update(1)
-            progress.set_postfix(
-                loss=f"{step_loss:.4f}", lr=f"{learning_rate_at(state.step - 1, args):.2e}", tok_s=throughput.last
-            )
+            postfix = {"loss": f"{step_loss:.4f}", "lr": f"{learning_rate_at(state.step - 1, args):.2e}"}
+            postfix |= {"tok_s": throughput.last} | ({"time": budget.describe()} if budget else {})
+            progress.set_postfix(postfix)
 
-            if state.step % args.eval_interval == 0 or state.step == args.max_iters:
-                evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
+            choosing = budget and args.max_iters is None and state.step == decision_step(args.warmup_steps)
+            if choosing or state.step % args.eval_interval == 0 or state.step == args.max_iters:
+                with clock.timing("evaluations"):
+                    costs = evaluate_and_record(
+                        model, state, data, accelerator, throughput, model_args, data_args, args
+                    )
+            if choosing:  # from here on, exactly the run that was given this max_iters
+                final_batches = math.ceil(data.val_split.num_tokens / (config.block_size * args.eval_batch_size))
+                state.chosen_max_iters = choose_max_iters(
+                    budget, throughput.typical_step(), costs, final_batches, state.step, args, accelerator, step_cap
+                )
+                args = replace(args, max_iters=state.chosen_max_iters)
+                progress.total = args.max_iters
             if state.step % args.checkpoint_interval == 0 or stop_requested or state.step == args.max_iters:
-                save_checkpoint(accelerator, state.step, config, data.tokenizer, args)
+                with clock.timing("checkpoints"):
+                    save_checkpoint(accelerator, state.step, config, data.tokenizer, args)
             if stop_requested:
                 accelerator.print(f"stopped by signal at step {state.step}; continue with --resume")
                 break
     progress.close()
+    clock.add("compile and warm-up", throughput.warmup_seconds())
+    clock.add("training", throughput.total_seconds() - throughput.warmup_seconds())
 
     # 5. the end
-    result = finish(accelerator, state, data, model_args, data_args, args, interrupted=state.step < args.max_iters)
+    interrupted = args.max_iters is None or state.step < args.max_iters
+    with clock.timing("final pass"):
+        result = finish(accelerator, state, data, model_args, data_args, args, interrupted=interrupted)
+    accelerator.print(
+        f"time: {clock.summary()}; {format_seconds(time.time() - process_start_time())} in all"
+        + (f" (budget {format_seconds(args.max_time)})" if budget else "")
+        + f"; {state.tokens_seen:,} training tokens seen"
+    )
     accelerator.end_training()  # also ends the process group: last
     return result
 
 
 def print_run_plan(accelerator, config, n_params: int, tokens_per_step: int, train_tokens: int, args) -> None:
     """The model, the effective batch, the token budget and the device, before the first step."""
-    budget = args.max_iters * tokens_per_step
+    if args.max_iters is None or args.max_time:
+        plan = (
+            f"time budget: {format_seconds(args.max_time)} from the start of the process; max_iters is chosen after "
+            f"{decision_step(args.warmup_steps)} steps from the measured speed"
+            + (f" (at most {args.max_iters:,})" if args.max_iters else "")
+        )
+    else:
+        plan = f"token budget: {token_budget(args.max_iters, tokens_per_step, train_tokens)}"
     accelerator.print(
         f"model: {n_params / 1e6:.2f}M parameters, {config.n_layer} layers x {config.n_head} heads x "
         f"{config.n_embd} wide, context {config.block_size}, vocabulary {config.vocab_size}\n"
         f"effective batch: {args.batch_size} sequences x {args.gradient_accumulation_steps} accumulation x "
         f"{accelerator.num_processes} processes = {tokens_per_step:,} tokens per optimizer step\n"
-        f"token budget: {args.max_iters:,} steps x {tokens_per_step:,} = {budget:,} tokens "
-        f"({budget / max(train_tokens, 1):.1f} epochs of {train_tokens:,} training tokens)\n"
+        f"{plan}\n"
         f"device: {accelerator.device}, mixed precision: {accelerator.mixed_precision}, "
-        f"processes: {accelerator.num_processes}"
+        f"engine: {engine_name(accelerator)}, processes: {accelerator.num_processes}"
+    )
+
+
+def token_budget(max_iters: int, tokens_per_step: int, train_tokens: int) -> str:
+    """'3,400 steps x 2,048 = 6,963,200 tokens (9.5 epochs of 735,360 training tokens)'"""
+    tokens = max_iters * tokens_per_step
+    return (
+        f"{max_iters:,} steps x {tokens_per_step:,} = {tokens:,} tokens "
+        f"({tokens / max(train_tokens, 1):.1f} epochs of {train_tokens:,} training tokens)"
     )
 
 
@@ -233,15 +300,16 @@ def optimizer_step(
     set_learning_rate(optimizer, learning_rate_at(state.step, args))
     loss_sum = torch.zeros((), device=accelerator.device)
     for _ in range(args.gradient_accumulation_steps):
-        inputs, labels = (tensor.to(accelerator.device) for tensor in state.sampler.next_batch())
+        inputs, labels = state.sampler.next_batch()
         with accelerator.accumulate(model):  # syncs gradients across processes on the last micro-batch only
             loss = next_token_loss(model, inputs, labels)
             accelerator.backward(loss)
         loss_sum += loss.detach()
     # One collective and one host sync per step: the mean loss of all processes (a NaN on any of them makes it
     # NaN on every one, so they all stop together) and the stop requests of any.
-    totals = torch.stack([loss_sum / args.gradient_accumulation_steps, torch.tensor(float(stop_requested))])
-    mean_loss, stops = accelerator.reduce(totals.to(accelerator.device), reduction="sum").tolist()
+    stop_flag = torch.tensor(float(stop_requested), device=accelerator.device)
+    totals = torch.stack([loss_sum / args.gradient_accumulation_steps, stop_flag])
+    mean_loss, stops = accelerator.reduce(totals, reduction="sum").tolist()
     mean_loss /= accelerator.num_processes
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(
@@ -256,72 +324,74 @@ def optimizer_step(
     return mean_loss, stops > 0
 
 
-class Throughput:
-    """Training tokens/s, timed around optimizer steps only (evaluations and checkpoints are not training)."""
+def evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args) -> dict:
+    """Losses on the fixed windows and the model's weights (every process), then the records, samples and best/
+    (the main process, on a plain copy of the model: generate() on a sharded one would deadlock).
 
-    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None):
-        self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak_flops
-        self.seconds = self.steps = 0  # since the last evaluation
-        self.last = ""
-
-    def start_step(self) -> None:
-        self._started = time.perf_counter()
-
-    def end_step(self) -> None:
-        seconds = time.perf_counter() - self._started
-        self.seconds += seconds
-        self.steps += 1
-        self.last = f"{self.tokens_per_step / seconds:,.0f}"
-
-    def interval_record(self, num_processes: int) -> dict:
-        """Mean tokens/s (and MFU on a known GPU) since the last call; starts a new interval."""
-        if not self.steps:  # an evaluation before the first step (--init_from) has no throughput to report
-            return {}
-        tokens_per_second = self.steps * self.tokens_per_step / max(self.seconds, 1e-9)
-        record = {"tokens_per_second": tokens_per_second}
-        if self.peak:
-            record["mfu"] = self.flops_per_token * tokens_per_second / (self.peak * num_processes)
-        self.seconds = self.steps = 0
-        return record
-
-
-def evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args) -> None:
-    """Losses on the fixed windows (every process), then the records and best/ (the main process)."""
+    Returns what its parts took, in seconds ("evaluation", "losses", "best"), for a --max_time run's plan.
+    """
+    started = time.perf_counter()
     record = {
         "step": state.step,
         "tokens_seen": state.tokens_seen,
         "train_loss": estimate_loss(model, data.train_eval_batches, accelerator),
-        "val_loss": estimate_loss(model, data.val_eval_batches, accelerator),
+        f"{data.held_out_name}_loss": estimate_loss(model, data.held_out_batches, accelerator),
         "lr": learning_rate_at(state.step - 1, args),
         **throughput.interval_record(accelerator.num_processes),
     }
+    seconds = {"losses": time.perf_counter() - started, "best": 0.0}
+    held_out_loss = record[f"{data.held_out_name}_loss"]
     accelerator.log(record, step=state.step)
+    plain_model = main_process_copy(accelerator, model)
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
         append_metrics(output_dir / "metrics.jsonl", record)
         plot_loss_curve(read_metrics(output_dir / "metrics.jsonl"), output_dir / "loss_curve.png")
-        plain_model = accelerator.unwrap_model(model)
         stories = sample_stories(plain_model, data.tokenizer, args.num_samples, seed=args.seed + state.step)
         append_samples(output_dir / "samples.md", state.step, stories)
         print(
-            f"\nstep {record['step']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}"
+            f"\nstep {state.step}: train loss {record['train_loss']:.4f}, {data.held_out_name} loss {held_out_loss:.4f}"
             + (f"\n{stories[0]}" if stories else "")
         )
-        if record["val_loss"] < state.best_val_loss:
-            windows = f"{args.eval_iters} fixed batches of {args.batch_size} x {model_args.block_size}-token windows"
+        if held_out_loss < state.best_val_loss:
+            best_started = time.perf_counter()
+            windows = (
+                f"{args.eval_iters} fixed batches of {args.eval_batch_size} x {model_args.block_size}-token windows"
+            )
+            of_steps = f"of {args.max_iters}" if args.max_iters else "(before the run chose its max_iters)"
             save_best(
                 plain_model,
                 data,
                 model_args,
                 args,
-                metrics={"val_loss": record["val_loss"], "step": state.step},
-                evaluation=f"an estimate on {windows} of {data.validation_source}, at step {state.step} of "
-                f"{args.max_iters}: interim figures, replaced by a full pass over the split when the run finishes",
+                metrics={
+                    "loss": held_out_loss,
+                    "step": state.step,
+                    "split": "dev" if data.held_out_name == "dev" else "validation",
+                },
+                evaluation=f"an estimate on {windows} of {data.held_out_source}, at step {state.step} {of_steps}: "
+                "interim figures, replaced by a full pass over the split when the run finishes",
                 training=training_summary(state.step, state.tokens_seen, data_args, args),
                 samples=stories,
             )
-    state.best_val_loss = min(state.best_val_loss, record["val_loss"])
+            seconds["best"] = time.perf_counter() - best_started
+    state.best_val_loss = min(state.best_val_loss, held_out_loss)
     accelerator.wait_for_everyone()
+    seconds["evaluation"] = time.perf_counter() - started
+    return seconds
+
+
+def main_process_copy(accelerator: Accelerator, model) -> TinyStoriesGPTForCausalLM | None:
+    """The whole model on the main process (None elsewhere): unwrapped, or rebuilt from weights gathered from
+    every process when they are sharded (every process must call this)."""
+    if not is_sharded(accelerator):
+        return accelerator.unwrap_model(model) if accelerator.is_main_process else None
+    state_dict = full_state_dict(accelerator, model)
+    if not accelerator.is_main_process:
+        return None
+    plain = TinyStoriesGPTForCausalLM(accelerator.unwrap_model(model).config).to(accelerator.device)
+    plain.load_state_dict(state_dict)
+    return plain
 
 
 def save_best(
@@ -352,7 +422,7 @@ def finish(accelerator, state, data, model_args, data_args, args, interrupted: b
     # every process scores its share of the split with its own plain copy of best/ (no collective in the forward)
     best_model = TinyStoriesGPTForCausalLM.from_pretrained(best_dir).to(accelerator.device)
     final = evaluate_split(
-        best_model, data.val_split, args.batch_size, progress=accelerator.is_main_process, accelerator=accelerator
+        best_model, data.val_split, args.eval_batch_size, progress=accelerator.is_main_process, accelerator=accelerator
     )
     if accelerator.is_main_process:
         stories = sample_stories(best_model, data.tokenizer, max(args.num_samples, 1), seed=args.seed)

@@ -117,3 +117,34 @@ def sequential_batches(
         else:
             input_ids[: hi - lo] = tokens[lo - 1 : hi - 1]
         yield torch.from_numpy(input_ids).view(-1, block_size), torch.from_numpy(labels).view(-1, block_size)
+
+
+class DeviceBatches:
+    """A sampler's batches on the device, the next one drawn ahead so its copy overlaps the current step.
+
+    As nanoGPT's get_batch: pinned host memory and non-blocking copies on CUDA. Its state is the sampler's as of
+    the batches handed out (not the one drawn ahead), so a checkpoint taken between steps resumes exactly.
+    """
+
+    def __init__(self, sampler: WindowSampler, device: torch.device) -> None:
+        self.sampler, self.device = sampler, device
+        self._draw_ahead()
+
+    def _draw_ahead(self) -> None:
+        self._state = self.sampler.state_dict()
+        batch = self.sampler.next_batch()
+        if self.device.type == "cuda":
+            batch = tuple(tensor.pin_memory().to(self.device, non_blocking=True) for tensor in batch)
+        self._ahead = tuple(tensor.to(self.device) for tensor in batch)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._ahead
+        self._draw_ahead()
+        return batch
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+        self._draw_ahead()

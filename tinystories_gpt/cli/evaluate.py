@@ -23,8 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset", required=True, help="a Hub dataset name or a local path, e.g. data/tinystories in a checkout"
     )
-    parser.add_argument("--split", default="validation", choices=("train", "validation"))
+    parser.add_argument("--split", default="validation", choices=("train", "validation", "dev"))
     parser.add_argument("--validation_split_percentage", type=float, default=5.0)
+    parser.add_argument(
+        "--dev_stories", type=int, default=0, help="with --split dev: the last N train stories, as train.py holds out"
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--cache_dir", default=None, help="where token files are cached")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -34,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer = load_model_and_tokenizer(args.model, args.trust_remote_code, args.device)
         check_vocab_fits(tokenizer, model.config.vocab_size)
-        texts = load_text_splits(args.dataset, args.validation_split_percentage)[args.split]
+        if args.split == "dev" and args.dev_stories <= 0:
+            raise ValueError("--split dev needs --dev_stories N, the number of stories the training run held out")
+        texts = load_text_splits(args.dataset, args.validation_split_percentage, args.dev_stories)[args.split]
         with tempfile.TemporaryDirectory() as scratch:
             split = tokenize_split(texts, tokenizer, args.cache_dir or scratch, args.split)
             figures = evaluate_split(model, split, batch_size=args.batch_size, progress=not args.json)

@@ -1,0 +1,127 @@
+"""Shared helpers for the tests that run train.py: tiny runs of seconds, and launchers for several processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data" / "tinystories"
+EOS = "<|endoftext|>"
+TINY_MODEL = ["--block_size", "32", "--n_layer", "2", "--n_head", "2", "--n_embd", "32"]
+
+
+def small_stories(folder: Path) -> Path:
+    """The first 400 train and 100 validation stories of the bundled sample, written into `folder` once.
+
+    Runs of seconds need a small validation split most: every run ends with a full pass over it.
+    """
+    for split, count in (("train", 400), ("validation", 100)):
+        path = folder / f"{split}.txt"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            stories = (DATA / f"{split}.txt").read_text(encoding="utf-8").split(EOS)[:count]
+            partial = path.with_suffix(".partial")
+            partial.write_text(EOS.join(stories), encoding="utf-8")
+            os.replace(partial, path)
+    return folder
+
+
+def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
+    """A run of seconds: a few hundred stories, a 512-token BPE, a 2-layer model; the stories and their cached
+    tokens are shared by every test of the session."""
+    return [
+        "--dataset",
+        str(small_stories(tmp_path.parent / "small-stories")),
+        "--tokenizer",
+        "bpe:512",
+        "--cache_dir",
+        str(tmp_path.parent / "token-cache"),
+        *TINY_MODEL,
+        "--batch_size",
+        "8",
+        "--gradient_accumulation_steps",
+        "2",
+        "--max_iters",
+        "8",
+        "--warmup_steps",
+        "2",
+        "--learning_rate",
+        "3e-3",
+        "--min_lr",
+        "3e-4",
+        "--eval_interval",
+        "4",
+        "--eval_iters",
+        "4",
+        "--eval_batch_size",
+        "64",
+        "--checkpoint_interval",
+        "4",
+        "--num_samples",
+        "1",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--seed",
+        "7",
+        "--mixed_precision",
+        "no",
+        "--cpu",
+        *extra,
+    ]
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    # run from the checkout, as the README does: the presets name data/tinystories relative to it
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *argv], capture_output=True, text=True, cwd=REPO)
+
+
+def launch(config: str, num_processes: int, *argv: str, port: int, extra: tuple = ()) -> subprocess.CompletedProcess:
+    """`accelerate launch` with a shipped config (configs/accelerate/NAME.yaml) on this machine's CPUs.
+
+    One thread per process so that the processes do not fight over 2 cores.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / f"configs/accelerate/{config}.yaml"),
+    ]
+    command += [
+        "--num_processes",
+        str(num_processes),
+        "--main_process_port",
+        str(port),
+        *extra,
+        str(REPO / "train.py"),
+        *argv,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+    )
+
+
+def assert_same_tensors(expected: dict, actual: dict) -> None:
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def optimizer_tensors(checkpoint: Path) -> dict:
+    state = torch.load(checkpoint / "optimizer.bin", weights_only=True)["state"]
+    return {f"{index}.{name}": value for index, tensors in state.items() for name, value in tensors.items()}
+
+
+def losses(run: Path) -> list[tuple]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(record["step"], record["train_loss"], record["val_loss"]) for record in records]
+
+
+def without(argv: list[str], flag: str) -> list[str]:
+    """`argv` less one flag and its value."""
+    index = argv.index(flag)
+    return argv[:index] + argv[index + 2 :]
