@@ -5,7 +5,9 @@
 Both runs use configs/finetune.yaml (its stories, hold-out and steps), each in its own process, one after the other
 (alternating over --rounds). The anchor is the full fine-tune: LoRA's tokens/s and wall time are also given as ratios
 to it. "Before" is the parent's loss over the whole hold-out, "after" best/'s (train.py's final pass over the same
-stories), so the two compare.
+stories), so the two compare. Whole runs minutes apart feel every change in a shared machine's load, so the speed
+is also measured step against step: one optimizer step of each model in turn, in one process, the median of
+--steps each.
 """
 
 import argparse
@@ -63,12 +65,47 @@ def fine_tune(parent: str, workdir: Path, name: str, extra: list[str]) -> dict:
     }
 
 
+def interleaved_step_seconds(parent: str, lora_r: int, steps: int) -> tuple[dict[str, float], int]:
+    """(the median seconds of one optimizer step, full and LoRA in turn (bf16 autocast), tokens per step)."""
+    from tinystories_gpt import TinyStoriesGPTForCausalLM
+    from tinystories_gpt.arguments import ModelArguments, load_preset
+    from tinystories_gpt.lora import add_lora_adapters
+
+    preset = load_preset(PRESET)
+    models = {}
+    for name in ("full", "LoRA"):
+        model = TinyStoriesGPTForCausalLM.from_pretrained(parent, attn_implementation=preset["attn_implementation"])
+        if name == "LoRA":
+            model = add_lora_adapters(model, ModelArguments(init_from=parent, lora_r=lora_r))
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        models[name] = (model.train(), torch.optim.AdamW(trainable, lr=1e-4))
+    generator = torch.Generator().manual_seed(0)
+    window = torch.randint(
+        model.config.vocab_size, (preset["batch_size"], model.config.block_size + 1), generator=generator
+    )
+    input_ids, labels = window[:, :-1].contiguous(), window[:, 1:].contiguous()
+    seconds = {name: [] for name in models}
+    for step in range(steps + 2):  # the first two of each warm up
+        for name in models if step % 2 == 0 else reversed(models):
+            model, optimizer = models[name]
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(input_ids=input_ids, labels=labels, shift_labels=labels, use_cache=False).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= 2:
+                seconds[name].append(time.perf_counter() - started)
+    return {name: sorted(times)[len(times) // 2] for name, times in seconds.items()}, input_ids.numel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parent", help="the model both runs start from, e.g. out/quickstart/best")
     parser.add_argument("--lora_r", type=int, default=8)
     parser.add_argument("--lora_learning_rate", type=float, default=None, help="default: the preset's")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="whole runs of each (0: the step measurement only)")
+    parser.add_argument("--steps", type=int, default=20, help="interleaved optimizer steps of each model")
     args = parser.parse_args()
 
     lora_flags = ["--lora_r", str(args.lora_r)]
@@ -99,6 +136,13 @@ def main() -> None:
                 f"{name:<10} {share:>22} {run['final']['loss']:>11.3f} {run['final']['bits_per_byte']:>10.3f} "
                 f"{run['tokens_per_second']:>8,.0f} {run['seconds']:>7.0f} {speed_ratio:>13.2f} {wall_ratio:>12.2f}"
             )
+    step_seconds, tokens = interleaved_step_seconds(args.parent, args.lora_r, args.steps)
+    full, lora = step_seconds["full"], step_seconds["LoRA"]
+    print(
+        f"step against step (median of {args.steps}, {tokens:,} tokens each): full {1000 * full:.0f} ms "
+        f"({tokens / full:,.0f} tok/s), LoRA {1000 * lora:.0f} ms ({tokens / lora:,.0f} tok/s); "
+        f"LoRA / full tokens/s {full / lora:.2f}"
+    )
 
 
 if __name__ == "__main__":
