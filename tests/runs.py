@@ -2,11 +2,15 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "tinystories"
@@ -103,6 +107,42 @@ def launch(config: str, num_processes: int, *argv: str, port: int, extra: tuple 
     return subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
     )
+
+
+def assert_sigterm_resumes_bit_for_bit(run_args: Callable[[Path], list[str]], tmp_path: Path, last_step: int) -> None:
+    """Run `run_args(folder)` whole, and again stopped by SIGTERM at its first checkpoint then resumed (`--resume`):
+    both must end with exactly the same weights, optimizer state and losses at `last_step`."""
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    result = run_cli(*run_args(whole))
+    assert result.returncode == 0, result.stderr
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *run_args(broken)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = broken / "run" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not any(checkpoints.glob("step_*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    interrupted_at = max(int(path.name.removeprefix("step_")) for path in checkpoints.glob("step_*"))
+    assert interrupted_at < last_step, "the run finished before the signal arrived; nothing was tested"
+
+    result = run_cli(*run_args(broken), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from {checkpoints / f'step_{interrupted_at}'}" in result.stdout
+
+    expected, actual = whole / "run" / "checkpoints" / f"step_{last_step}", checkpoints / f"step_{last_step}"
+    assert_same_tensors(load_file(expected / "model.safetensors"), load_file(actual / "model.safetensors"))
+    assert_same_tensors(optimizer_tensors(expected), optimizer_tensors(actual))
+    assert losses(whole / "run") == losses(broken / "run")
 
 
 def assert_same_tensors(expected: dict, actual: dict) -> None:

@@ -27,6 +27,8 @@ ORDER = [
     "conversion",
     "export_gguf",
     "export_onnx",
+    "lora",
+    "init_from",
     "training",
     "cli",
     "evaluate",

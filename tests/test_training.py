@@ -2,16 +2,12 @@
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from runs import REPO, assert_same_tensors, losses, optimizer_tensors, run_cli, tiny_args
+from runs import REPO, assert_sigterm_resumes_bit_for_bit, run_cli, tiny_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -116,37 +112,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 def test_sigterm_leaves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
     """Interrupted + resumed must end with exactly the weights and optimizer of the run never interrupted."""
     recipe = ["--max_iters", "12", "--checkpoint_interval", "2", "--eval_interval", "6", "--dropout", "0.1"]
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    result = run_cli(*tiny_args(whole, *recipe))
-    assert result.returncode == 0, result.stderr
-
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *tiny_args(broken, *recipe)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    checkpoints = broken / "run" / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not any(checkpoints.glob("step_*")) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
-    interrupted_at = max(int(path.name.removeprefix("step_")) for path in checkpoints.glob("step_*"))
-    assert interrupted_at < 12, "the run finished before the signal arrived; nothing was tested"
-
-    result = run_cli(*tiny_args(broken, *recipe, "--resume"))
-    assert result.returncode == 0, result.stderr
-    assert f"resumed from {checkpoints / f'step_{interrupted_at}'}" in result.stdout
-
-    expected, actual = whole / "run" / "checkpoints" / "step_12", checkpoints / "step_12"
-    assert_same_tensors(load_file(expected / "model.safetensors"), load_file(actual / "model.safetensors"))
-    assert_same_tensors(optimizer_tensors(expected), optimizer_tensors(actual))
-    assert losses(whole / "run") == losses(broken / "run")
+    assert_sigterm_resumes_bit_for_bit(lambda folder: tiny_args(folder, *recipe), tmp_path, last_step=12)
 
 
 def test_quickstart_preset_runs_shortened(tmp_path):

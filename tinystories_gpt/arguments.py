@@ -4,6 +4,7 @@ Every value is checked here, when the arguments are parsed, so a bad one stops t
 Names follow the seed table (and nanoGPT); `train.py --help` lists them all.
 """
 
+import importlib.util
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -37,6 +38,14 @@ MEMORY_FIXES = {
     "evaluation windows": "lower --eval_iters",
 }
 
+# A fresh model's shape when no flag or preset gives one; with --init_from these come from the parent instead
+FRESH_MODEL_DEFAULTS = {"block_size": 128, "n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.1, "bias": True}
+DEFAULT_TOKENIZER = "gpt2"
+# Every Linear of a block (c_proj names two: attn.c_proj and mlp.c_proj pick one), and PEFT's name for all of them;
+# never lm_head, which is tied to the token embedding
+LORA_TARGET_CHOICES = ("c_attn", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj", "all-linear")
+DEFAULT_LORA_TARGETS = "c_attn,c_proj,c_fc"
+
 
 def require(condition: bool, message: str) -> None:
     """Refuse a bad argument with a ValueError whose message names the value and the fix."""
@@ -46,14 +55,32 @@ def require(condition: bool, message: str) -> None:
 
 @dataclass
 class ModelArguments:
-    """The architecture; names as in the seed table. `vocab_size` defaults to the tokenizer's size."""
+    """The architecture, or the trained model to start from, and LoRA; shape names as in the seed table.
 
-    block_size: int = field(default=128, metadata={"help": "Context length in tokens."})
-    n_layer: int = field(default=6, metadata={"help": "Number of transformer blocks."})
-    n_head: int = field(default=6, metadata={"help": "Attention heads per block."})
-    n_embd: int = field(default=384, metadata={"help": "Width of the residual stream."})
-    dropout: float = field(default=0.1, metadata={"help": "Dropout probability."})
-    bias: bool = field(default=True, metadata={"help": "Biases in Linear and LayerNorm layers."})
+    A shape field left unset (None) takes the fresh-model default, or with `init_from` the parent's value.
+    """
+
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from a trained model instead of random weights: a folder train.py or convert.py wrote "
+            "(e.g. out/quickstart/best), a Hub id, a GPT-2 export (GPT2LMHeadModel folder or Hub id), a training "
+            "checkpoint folder, or a nanoGPT/seed checkpoint file (.pt). Its architecture and tokenizer are used: "
+            "shape flags may only repeat them, except block_size, which may be lowered."
+        },
+    )
+    block_size: int | None = field(
+        default=None, metadata={"help": "Context length in tokens (default 128; with --init_from, up to the parent's)."}
+    )
+    n_layer: int | None = field(default=None, metadata={"help": "Number of transformer blocks (default 6)."})
+    n_head: int | None = field(default=None, metadata={"help": "Attention heads per block (default 6)."})
+    n_embd: int | None = field(default=None, metadata={"help": "Width of the residual stream (default 384)."})
+    dropout: float | None = field(
+        default=None, metadata={"help": "Dropout probability (default 0.1; with --init_from, the parent's)."}
+    )
+    bias: bool | None = field(
+        default=None, metadata={"help": "Biases in Linear and LayerNorm layers (default true; --bias false: none)."}
+    )
     vocab_size: int | None = field(default=None, metadata={"help": "Model vocabulary; default: the tokenizer's."})
     attn_implementation: str = field(
         default="sdpa",
@@ -62,14 +89,80 @@ class ModelArguments:
             "picks its own. On a CPU, eager trains small models faster than sdpa's flash kernel."
         },
     )
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA rank: train low-rank adapters of this rank (through peft) instead of every weight; needs "
+            "--init_from. 0 trains every weight."
+        },
+    )
+    lora_alpha: int | None = field(
+        default=None, metadata={"help": "LoRA scale numerator: updates are scaled by alpha / r (default: r, scale 1)."}
+    )
+    lora_dropout: float | None = field(default=None, metadata={"help": "Dropout on the adapters' input (default 0)."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Comma-separated layers to adapt, of {', '.join(LORA_TARGET_CHOICES)} (default "
+            f"{DEFAULT_LORA_TARGETS}: every Linear of every block)."
+        },
+    )
 
     def __post_init__(self):
         require(
             self.attn_implementation in ATTENTION_CHOICES,
             f"attn_implementation must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attn_implementation!r}.",
         )
-        # the config's own checks, now rather than after the data is tokenized (vocab_size is known only then)
-        self.config(vocab_size=self.vocab_size or 1, bos_token_id=None, eos_token_id=None)
+        if self.init_from is None:
+            for name, default in FRESH_MODEL_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, default)
+            # the config's own checks, now rather than after the data is tokenized (vocab_size is known only then)
+            self.config(vocab_size=self.vocab_size or 1, bos_token_id=None, eos_token_id=None)
+        else:  # the rest is checked against the parent, which is loaded before any data work
+            for name in ("block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
+                value = getattr(self, name)
+                require(value is None or value > 0, f"{name} must be a positive integer, got {value}.")
+            require(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}.")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        require(self.lora_r >= 0, f"lora_r must not be negative (0 trains every weight), got {self.lora_r}.")
+        if self.lora_r == 0:
+            for name in ("lora_alpha", "lora_dropout", "lora_target_modules"):
+                require(
+                    getattr(self, name) is None, f"--{name} only applies to LoRA: add --lora_r R (e.g. 8), or drop it."
+                )
+            return
+        require(
+            self.init_from is not None,
+            "--lora_r trains adapters on top of a trained model: pass --init_from MODEL (e.g. out/quickstart/best), "
+            "or drop --lora_r to train every weight.",
+        )
+        require(
+            importlib.util.find_spec("peft") is not None,
+            "--lora_r needs the peft package: pip install 'tinystories-gpt[peft]' (or pip install peft).",
+        )
+        self.lora_alpha = self.lora_r if self.lora_alpha is None else self.lora_alpha
+        self.lora_dropout = 0.0 if self.lora_dropout is None else self.lora_dropout
+        self.lora_target_modules = self.lora_target_modules or DEFAULT_LORA_TARGETS
+        require(self.lora_alpha > 0, f"lora_alpha must be positive, got {self.lora_alpha}.")
+        require(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        unknown = [name for name in self.lora_targets if name not in LORA_TARGET_CHOICES]
+        require(
+            "all-linear" not in self.lora_targets or len(self.lora_targets) == 1,
+            "lora_target_modules all-linear already names every Linear of every block: pass it alone.",
+        )
+        require(
+            not unknown and self.lora_targets,
+            f"lora_target_modules {self.lora_target_modules!r} names {', '.join(unknown) or 'no layer'}: pick from "
+            f"{', '.join(LORA_TARGET_CHOICES)}, comma-separated.",
+        )
+
+    @property
+    def lora_targets(self) -> list[str]:
+        """The layers LoRA adapts, as a list (the flag takes them comma-separated)."""
+        return [name.strip() for name in (self.lora_target_modules or "").split(",") if name.strip()]
 
     def config(self, **token_fields) -> TinyStoriesGPTConfig:
         shape = {name: getattr(self, name) for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
@@ -84,8 +177,13 @@ class DataArguments:
         default="roneneldan/TinyStories",
         metadata={"help": "A Hub dataset name or a local folder/file (.txt, .jsonl, .json, .parquet, save_to_disk)."},
     )
-    tokenizer: str = field(
-        default="gpt2", metadata={"help": "'gpt2' (bundled), a path or Hub name, or 'bpe:N' to train an N-token BPE."}
+    tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "'gpt2' (bundled, the default), a path or Hub name, or 'bpe:N' to train an N-token BPE. With "
+            "--init_from the parent's tokenizer is used: this may only name the same one (a nanoGPT checkpoint "
+            "carries none: name the one it was trained with, default gpt2)."
+        },
     )
     validation_split_percentage: float = field(
         default=5.0, metadata={"help": "Hold-out carved from train when the dataset has no validation split."}
@@ -224,8 +322,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     known, _ = parser.parse_known_args(argv)
     if known.config is not None:
         parser.set_defaults(**load_preset(known.config))
-    *dataclasses, _config = parser.parse_args_into_dataclasses(argv)
-    return tuple(dataclasses)
+    model_args, data_args, training_args, _config = parser.parse_args_into_dataclasses(argv)
+    check_tokenizer_choice(model_args, data_args)
+    return model_args, data_args, training_args
+
+
+def check_tokenizer_choice(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """A fresh model gets the default tokenizer; a parent brings its own, which no new BPE can equal."""
+    if model_args.init_from is None:
+        data_args.tokenizer = data_args.tokenizer or DEFAULT_TOKENIZER
+        return
+    require(
+        not (data_args.tokenizer or "").startswith("bpe:"),
+        f"--tokenizer {data_args.tokenizer} would train a new tokenizer, whose ids the parent "
+        f"{model_args.init_from} never learnt: drop --tokenizer (the parent's comes with it).",
+    )
 
 
 def load_preset(path: Path) -> dict:

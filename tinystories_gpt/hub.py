@@ -182,12 +182,14 @@ def render_model_card(
     repo_id: str | None = None,
     dataset_id: str | None = None,
     evaluation: str | None = None,
+    base_model: str | None = None,
     template_path: str | Path = TEMPLATE_PATH,
 ) -> ModelCard:
     """The model card: Hub metadata (with `model-index` from `metrics`) and the template's sections.
 
     `dataset_id` is the Hub dataset the model was trained on (None for local files: the card then names
-    `training["dataset"]` and claims no Hub dataset); `evaluation` says how `metrics` were measured.
+    `training["dataset"]` and claims no Hub dataset); `evaluation` says how `metrics` were measured; `base_model`
+    is the Hub id of the model whose weights training started from (the Hub links a fine-tune to it).
     """
     config = model.config
     model_name = repo_id.split("/")[-1] if repo_id else "tinystories-gpt"
@@ -197,6 +199,7 @@ def render_model_card(
         license=LICENSE,
         language="en",
         datasets=[dataset_id] if dataset_id else None,
+        base_model=base_model,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=TAGS,
@@ -215,6 +218,7 @@ def render_model_card(
         model_id=repo_id or "path/to/this/folder",
         dataset_id=dataset_id,
         dataset=(training or {}).get("dataset"),
+        base_model=base_model,
         evaluation=evaluation,
         transformers_requirement=TRANSFORMERS_REQUIREMENT,
         num_parameters=model.num_parameters(),
@@ -245,6 +249,7 @@ def write_hub_folder(
     repo_id: str | None = None,
     dataset_id: str | None = None,
     evaluation: str | None = None,
+    base_model: str | None = None,
     state_dict: dict | None = None,
 ) -> None:
     """Write the Hub-ready files into `folder` in place (no atomicity: see `save_hub_folder`).
@@ -258,6 +263,7 @@ def write_hub_folder(
         repo_id: the Hub repo the folder is meant for, used in the card's title and usage snippet.
         dataset_id: the Hub dataset the model was trained on, for the card's metadata; None for local files.
         evaluation: how `metrics` were measured, for the card (e.g. a full pass over which split).
+        base_model: the Hub id of the model training started from (`--init_from`), for the card's metadata.
         state_dict: the weights to save, when `model`'s own are sharded (gathered with Accelerate's get_state_dict).
     """
     folder = Path(folder)
@@ -282,6 +288,7 @@ def write_hub_folder(
         repo_id=repo_id,
         dataset_id=dataset_id,
         evaluation=evaluation,
+        base_model=base_model,
     )
     card.save(folder / "README.md")
 

@@ -167,7 +167,7 @@ class Throughput:
 
     def interval_record(self, num_processes: int) -> dict:
         """Mean tokens/s (and MFU on a known GPU) since the last call; starts a new interval."""
-        if not self.steps:  # an evaluation redone on resume: no step was timed
+        if not self.steps:  # no step timed: an evaluation before the first step (--init_from), or redone on resume
             return {}
         tokens_per_second = self.steps * self.tokens_per_step / max(self.seconds, 1e-9)
         record = {"tokens_per_second": tokens_per_second}

@@ -2,14 +2,15 @@
 
 1. The Accelerator (devices, processes, mixed precision, accumulation) and the output folder.
 2. The data: tokenized once by the main process, windows drawn by every process from the same seeded stream.
-3. The model and optimizer, prepared by Accelerate; `--resume` loads the newest checkpoint.
+3. The model (fresh, or `--init_from`'s parent, with LoRA adapters if asked) and optimizer, prepared by Accelerate;
+   `--resume` loads the newest checkpoint. A run from a parent first evaluates it: step 0 of the records.
 4. Optimizer steps of `gradient_accumulation_steps` micro-batches; every `eval_interval` steps an evaluation
    (metrics, loss curve, samples, best/), every `checkpoint_interval` steps (and on SIGINT/SIGTERM) a checkpoint.
 5. The end: best/ scored over the whole validation split, its card rewritten with those figures, pushed if asked.
 
-The pieces live in their own modules: arguments.py (what the run is told), optimization.py (AdamW, schedule),
-hardware.py (precision, compile), checkpointing.py (the output folder), records.py (what people read),
-evaluation.py (losses, samples).
+The pieces live in their own modules: arguments.py (what the run is told), init_from.py (the model it starts from),
+lora.py (adapters, best/ merged), optimization.py (AdamW, schedule), hardware.py (precision, compile),
+checkpointing.py (the output folder), records.py (what people read), evaluation.py (losses, samples).
 """
 
 import json
@@ -24,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .arguments import DataArguments, ModelArguments, TrainingArguments, check_fits_in_memory, model_config, parse_args
+from .arguments import DataArguments, ModelArguments, TrainingArguments, check_fits_in_memory, parse_args
 from .budget import TimeBudget, choose_max_iters, decision_step, process_start_time
 from .checkpointing import (
     RunState,
@@ -41,7 +42,9 @@ from .distributed import engine_name, full_state_dict, is_sharded, make_accelera
 from .evaluation import SEED_PROMPT, estimate_loss, evaluate_split, next_token_loss, sample_stories
 from .faults import StopSignal, stop_on_signal
 from .hardware import can_compile, peak_flops
-from .hub import push_to_hub, save_hub_folder
+from .hub import push_to_hub
+from .init_from import build_model, describe_start, hub_base_model, load_parent, start_summary
+from .lora import check_checkpoint_adapters, save_model_folder
 from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .optimization import build_optimizer, learning_rate_at, set_learning_rate
 from .records import (
@@ -130,7 +133,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     """Train, evaluate and checkpoint; returns the final metrics and where the best model lies."""
     # 1. the Accelerator and the output folder, held by this run alone (a stop signal until the loop ends it at once)
     accelerator = make_accelerator(args)
-    check_fits_in_memory(model_args, data_args, args, accelerator.device)
     with (
         hold_output_dir(Path(args.output_dir), accelerator),
         stop_on_signal("before the first step", "nothing was left half-written; run the same command again"),
@@ -148,15 +150,25 @@ def train_in_output_dir(
     set_seed(args.seed)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
-    # 2. data and tokenizer (built once by the main process, reused from the cache by the others)
+    # 2. data and tokenizer (built once by the main process, reused from the cache by the others); a parent
+    # (--init_from) fixes the model's shape and the tokenizer first
+    if model_args.lora_r and is_sharded(accelerator):  # merging and resuming adapters need the whole model
+        raise ValueError(
+            "--lora_r under FSDP is not supported: LoRA trains a few adapters on a model that fits one device, so "
+            "launch it with configs/accelerate/ddp.yaml or as one process."
+        )
     with accelerator.main_process_first():
+        parent = load_parent(model_args, data_args)  # fills in the shape flags a parent fixes
+        check_fits_in_memory(model_args, data_args, args, accelerator.device)  # before any data work
         data = load_training_data(data_args, model_args, args, accelerator)
     for phase, seconds in data.seconds.items():
         clock.add(phase, seconds)
 
     # 3. model and optimizer, then the state to resume
-    config = model_config(model_args, data.tokenizer)
-    model = TinyStoriesGPTForCausalLM._from_config(config, attn_implementation=model_args.attn_implementation)
+    model = build_model(model_args, data.tokenizer, parent)
+    config = model.config
+    if parent is not None:
+        accelerator.print(describe_start(model, model_args))
     n_params = model.num_parameters()
     optimizer = build_optimizer(model, args, fused=accelerator.device.type == "cuda")
     if args.compile and can_compile(accelerator):
@@ -167,7 +179,7 @@ def train_in_output_dir(
     tokens_per_step = args.batch_size * args.gradient_accumulation_steps * config.block_size * accelerator.num_processes
     print_run_plan(accelerator, config, n_params, tokens_per_step, data.train_tokens, args)
     if args.resume:
-        resume(accelerator, state, config, args)
+        resume(accelerator, model, state, config, args)
     accelerator.init_trackers("tinystories-gpt", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
 
     # 4. the loop
@@ -183,7 +195,10 @@ def train_in_output_dir(
     throughput = Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device))
     progress = tqdm(total=args.max_iters, initial=state.step, disable=not accelerator.is_main_process, desc="training")
     model.train()
-    if evaluation_missing(Path(args.output_dir) / "metrics.jsonl", state.step, args):  # a stop had cut it short
+    if parent is not None and state.step == 0:  # the parent's losses on this data: where the curve starts
+        with clock.timing("evaluations"):
+            evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
+    elif evaluation_missing(Path(args.output_dir) / "metrics.jsonl", state.step, args):  # a stop had cut it short
         evaluate_and_record(model, state, data, accelerator, throughput, model_args, data_args, args)
     stop_requested = False
     with StopSignal() as stop:
@@ -230,7 +245,7 @@ def train_in_output_dir(
         clock.timing("final pass"),
         stop_on_signal("after the last step", f"{last_checkpoint} and best/ are complete; --resume redoes the rest"),
     ):
-        result = finish(accelerator, state, data, data_args, args, interrupted=interrupted)
+        result = finish(accelerator, state, data, model_args, data_args, args, interrupted=interrupted)
     accelerator.print(
         f"time: {clock.summary()}; {format_seconds(time.time() - process_start_time())} in all"
         + (f" (budget {format_seconds(args.max_time)})" if budget else "")
@@ -270,10 +285,11 @@ def token_budget(max_iters: int, tokens_per_step: int, train_tokens: int) -> str
     )
 
 
-def resume(accelerator: Accelerator, state: RunState, config, args: TrainingArguments) -> None:
+def resume(accelerator: Accelerator, model, state: RunState, config, args: TrainingArguments) -> None:
     """Load the newest checkpoint (model, optimizer, RNGs, run state) and drop the records written after it."""
     checkpoint = newest_checkpoint(args.checkpoints_dir)
     check_checkpoint_matches(checkpoint, config)
+    check_checkpoint_adapters(checkpoint, accelerator.unwrap_model(model))
     accelerator.load_state(str(checkpoint))
     if accelerator.is_main_process:
         truncate_metrics(Path(args.output_dir) / "metrics.jsonl", state.step)
@@ -358,6 +374,7 @@ def evaluate_and_record(
             save_best(
                 plain_model,
                 data,
+                model_args,
                 args,
                 metrics={
                     "loss": held_out_loss,
@@ -401,21 +418,25 @@ def main_process_copy(accelerator: Accelerator, model) -> TinyStoriesGPTForCausa
     return plain
 
 
-def save_best(model, data: TrainingData, args: TrainingArguments, **card) -> None:
-    """Replace best/ (atomically) with `model`, its tokenizer and a card holding `card`'s figures."""
-    save_hub_folder(
+def save_best(
+    model, data: TrainingData, model_args: ModelArguments, args: TrainingArguments, *, training: dict, **card
+) -> None:
+    """Replace best/ (atomically) with `model` (after LoRA: merged, its adapter beside it), its tokenizer and a card
+    holding `card`'s figures, the recipe in `training` and the model training started from."""
+    save_model_folder(
         model,
         data.tokenizer,
         Path(args.output_dir) / "best",
         loss_curve=Path(args.output_dir) / "loss_curve.png",
         repo_id=args.hub_model_id,
         dataset_id=data.hub_id,
-        overwrite=True,
+        base_model=hub_base_model(model_args),
+        training=start_summary(model_args) | training,
         **card,
     )
 
 
-def finish(accelerator, state, data, data_args, args, interrupted: bool) -> dict:
+def finish(accelerator, state, data, model_args, data_args, args, interrupted: bool) -> dict:
     """Score best/ over the whole validation split, write the figures into its card, push if asked."""
     output_dir = Path(args.output_dir)
     best_dir = output_dir / "best"
@@ -433,6 +454,7 @@ def finish(accelerator, state, data, data_args, args, interrupted: bool) -> dict
         save_best(
             best_model,
             data,
+            model_args,
             args,
             metrics=final,
             evaluation=f"a full pass over {data.validation_source}: every token predicted once "
