@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, data, faults, hub, training
+from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, data, faults, hub, lora, training
 from tinystories_gpt.checkpointing import LOCK_FILE, checkpoint_damage, remove_leftovers, take_run_lock
 from tinystories_gpt.cli import convert as convert_cli
 from tinystories_gpt.cli import evaluate as evaluate_cli
@@ -371,9 +371,10 @@ def test_a_full_disk_anywhere_removes_the_partial_file_and_says_so(tmp_path, mon
 
         monkeypatch.setattr(Path, "open", open_filling_the_disk)
     elif target == "best":
-        monkeypatch.setattr(
-            hub, "write_hub_folder", lambda model, tok, folder, **kw: fail_like_a_full_disk(folder / "x")
-        )
+        for module in (hub, lora):  # best/ is written through lora.save_model_folder
+            monkeypatch.setattr(
+                module, "write_hub_folder", lambda model, tok, folder, **kw: fail_like_a_full_disk(folder / "x")
+            )
     else:
         monkeypatch.setattr(data, "_write_tokens", lambda encoded, path, dtype: fail_like_a_full_disk(path))
     cache = tmp_path / "cache"
