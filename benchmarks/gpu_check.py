@@ -22,7 +22,7 @@ import torch
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
 from tinystories_gpt.conversion import to_gpt2
-from tinystories_gpt.hardware import cpu_has_bf16, peak_flops
+from tinystories_gpt.hardware import peak_flops, resolve_mixed_precision
 from tinystories_gpt.records import model_flops_per_token
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,14 +66,14 @@ def train_ours(shape: dict, steps: int, batch_size: int, cpu: bool, workdir: Pat
     command += ["--output_dir", str(workdir / "ours"), "--max_iters", str(steps), "--warmup_steps", "1"]
     command += ["--batch_size", str(batch_size), "--gradient_accumulation_steps", "1", "--eval_iters", "1"]
     command += ["--eval_interval", str(steps // 2), "--checkpoint_interval", str(steps), "--num_samples", "0"]
-    command += ["--mixed_precision", "bf16"] + (["--cpu"] if cpu else ["--compile"])
+    command += ["--mixed_precision", "auto"] + (["--cpu"] if cpu else ["--compile"])
     subprocess.run(command, check=True, capture_output=True, text=True)
     last = json.loads((workdir / "ours" / "metrics.jsonl").read_text().splitlines()[-1])
     return last["tokens_per_second"]
 
 
 def train_plain(shape: dict, steps: int, batch_size: int, device: str) -> float:
-    bf16 = "1" if device == "cuda" or cpu_has_bf16() else "0"
+    bf16 = "1" if resolve_mixed_precision("auto", use_cuda=device == "cuda") == "bf16" else "0"  # as train.py's auto
     command = [sys.executable, "-c", PLAIN_LOOP, json.dumps(shape), str(steps), str(batch_size), device, bf16]
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
 
@@ -120,6 +120,7 @@ def main() -> None:
     gpt2_generate = generation_tokens_per_second(to_gpt2(model).to(device), new_tokens, device)
 
     name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU (--cpu: tiny shapes, figures meaningless)"
+    precision = resolve_mixed_precision("auto", use_cuda=device == "cuda")
     rows = [
         ("device", name),
         ("CUDA tests", args.tests),
@@ -127,7 +128,7 @@ def main() -> None:
             "model",
             f"{n_params / 1e6:.1f}M parameters, {shape['n_layer']} x {shape['n_embd']}, context {shape['block_size']}",
         ),
-        (f"training tok/s, ours (bf16{', compile' if device == 'cuda' else ''})", f"{ours:,.0f}"),
+        (f"training tok/s, ours ({precision}{', compile' if device == 'cuda' else ''})", f"{ours:,.0f}"),
         ("training tok/s, plain loop", f"{plain:,.0f}"),
         ("training ours / plain", f"{ours / plain:.2f}"),
         ("MFU, ours / plain", mfu(flops_per_token, peak, ours, plain)),

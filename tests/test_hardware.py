@@ -12,12 +12,26 @@ from tinystories_gpt.hardware import can_compile, peak_flops, resolve_mixed_prec
 
 def test_mixed_precision_auto_follows_the_device_and_fp16_on_cpu_is_refused(monkeypatch):
     assert resolve_mixed_precision("no", use_cuda=False) == "no"
-    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
     assert resolve_mixed_precision("auto", use_cuda=False) == "bf16"
-    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
     assert resolve_mixed_precision("auto", use_cuda=False) == "no"
+    assert resolve_mixed_precision("bf16", use_cuda=False) == "bf16"  # asked for by name: kept, AMX or not
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         resolve_mixed_precision("fp16", use_cuda=False)
+
+
+def test_amx_counts_only_where_onednn_may_use_it(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    for isa, expected in [(None, True), ("ALL", True), ("avx512_core_amx", True), ("AVX512_CORE_BF16", False)]:
+        if isa is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        assert hardware.cpu_has_amx() is expected, isa
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert hardware.cpu_has_amx() is False
 
 
 def test_peak_flops_match_the_specific_card_first(monkeypatch):

@@ -35,16 +35,20 @@ def resolve_mixed_precision(requested: str, use_cuda: bool) -> str:
         return requested
     if use_cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "no"
+    return "bf16" if cpu_has_amx() else "no"
 
 
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere autocast would emulate it slowly.
+def cpu_has_amx() -> bool:
+    """Whether oneDNN may run bf16 matmuls on AMX tiles here: the only CPUs where bf16 autocast trains faster.
 
-    torch has no public query for this; `torch.ops.mkldnn._is_mkldnn_bf16_supported` is the check autocast's own
-    CPU tests use, so this is the one place that calls it.
+    Measured on the quickstart step (benchmarks/bench_precision.py, compiled): bf16 is 2.4x faster than fp32 with AMX
+    but 0.72x as fast on AVX512-BF16 kernels alone (the casts cost more than the narrower matmuls save at this size),
+    so a CPU without AMX trains in fp32. torch has no public query for AMX; `torch.cpu._is_amx_tile_supported` is
+    the one it uses itself, so this is the one place that calls it. ONEDNN_MAX_CPU_ISA below AMX (oneDNN's own switch,
+    also how bench_precision.py emulates a CPU without AMX) turns the tiles off, so it counts as no AMX.
     """
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return torch.cpu._is_amx_tile_supported() and ("AMX" in isa or isa in ("ALL", "DEFAULT"))
 
 
 def can_compile(accelerator: Accelerator) -> bool:
