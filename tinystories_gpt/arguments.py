@@ -242,7 +242,8 @@ class TrainingArguments:
     checkpoint_interval: int = field(default=1000, metadata={"help": "Optimizer steps between resumable checkpoints."})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep."})
     mixed_precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 where supported, fp16 on older CUDA, else fp32), no, bf16, fp16."}
+        default="auto",
+        metadata={"help": "auto (bf16 on CUDA and on CPUs with AMX, fp16 on older CUDA, else fp32), no, bf16, fp16."},
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
     cpu: bool = field(default=False, metadata={"help": "Train on the CPU even where a GPU is present."})
