@@ -129,6 +129,7 @@ def hold_output_dir(output_dir: Path, accelerator: Accelerator) -> Iterator[None
             refusal = str(error)
     if accelerator.num_processes > 1:
         refusal = broadcast_object_list([refusal])[0]
+        accelerator.wait_for_everyone()  # every process has the answer before any can exit and end the launch
     if refusal is not None:
         raise ValueError(refusal)
     try:
