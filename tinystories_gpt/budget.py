@@ -91,12 +91,13 @@ class TimeBudget:
 
     def describe(self) -> str:
         """'2m05s/9m30s' for the progress bar."""
-        return f"{_minutes(self.elapsed())}/{_minutes(self.max_time)}"
+        return f"{format_seconds(self.elapsed())}/{format_seconds(self.max_time)}"
 
 
-def _minutes(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    return f"{seconds // 60}m{seconds % 60:02d}s"
+def format_seconds(seconds: float) -> str:
+    """12.3 -> '12s'; 421 -> '7m01s'."""
+    seconds = round(max(seconds, 0.0))
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def choose_max_iters(
@@ -135,7 +136,7 @@ def choose_max_iters(
             f"the {args.warmup_steps} warm-up steps. Raise --max_time or lower --warmup_steps."
         )
     accelerator.print(
-        f"\ntime budget: {_minutes(budget.elapsed())} spent, {_minutes(seconds_left)} left; measured "
+        f"\ntime budget: {format_seconds(budget.elapsed())} spent, {format_seconds(seconds_left)} left; measured "
         f"{measured.step:.3f} s per step, {measured.evaluation:.1f} s per evaluation, {measured.final_pass:.1f} s "
         f"for the final pass: max_iters = {chosen:,}" + (" (the --max_iters cap)" if chosen == step_cap else "")
     )

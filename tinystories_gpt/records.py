@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .arguments import DataArguments, TrainingArguments
 from .budget import MEASURE_AFTER as WARMUP_STEPS_TIMED
+from .budget import format_seconds
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
 from .faults import DiskFull, is_disk_full, removed_on_failure
 
@@ -197,9 +198,3 @@ class PhaseClock:
     def summary(self) -> str:
         """'tokenizer 12s, tokenization 20s, compile 31s, training 7m02s, ...'"""
         return ", ".join(f"{phase} {format_seconds(seconds)}" for phase, seconds in self.seconds.items())
-
-
-def format_seconds(seconds: float) -> str:
-    """12.3 -> '12s'; 421 -> '7m01s'."""
-    seconds = round(max(seconds, 0.0))
-    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments, check_fits_in_memory, parse_args
-from .budget import TimeBudget, choose_max_iters, decision_step, process_start_time
+from .budget import TimeBudget, choose_max_iters, decision_step, format_seconds, process_start_time
 from .checkpointing import (
     RunState,
     check_checkpoint_matches,
@@ -53,7 +53,6 @@ from .records import (
     append_metrics,
     append_samples,
     evaluation_missing,
-    format_seconds,
     model_flops_per_token,
     plot_loss_curve,
     read_metrics,
