@@ -16,7 +16,7 @@ import torch
 import transformers
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt.hardware import resolve_mixed_precision
+from tinystories_gpt.training.hardware import resolve_mixed_precision
 
 VOCAB, BLOCK, BATCH, STEPS_PER_ROUND = 3072, 128, 16, 5
 

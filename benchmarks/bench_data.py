@@ -46,8 +46,9 @@ def plain_tokenize(stories: list[str], tokenizer, path: Path) -> int:
 
 
 def bench_speed(corpus: Path, work: Path, num_proc: int | None) -> list[tuple[str, int, float]]:
-    from tinystories_gpt.data import load_text_splits, tokenize_split
-    from tinystories_gpt.tokenization import load_gpt2_tokenizer
+    from tinystories_gpt.data.sources import load_text_splits
+    from tinystories_gpt.data.token_files import tokenize_split
+    from tinystories_gpt.data.tokenization import load_gpt2_tokenizer
 
     tokenizer = load_gpt2_tokenizer()
     texts = load_text_splits(corpus)["train"]
@@ -66,8 +67,9 @@ def bench_speed(corpus: Path, work: Path, num_proc: int | None) -> list[tuple[st
 
 def build_and_report(method: str, corpus: str, cache: str, num_proc: int | None) -> None:
     """Subprocess entry: build the token files from scratch with `method`, print peak RSS (MB) as JSON."""
-    from tinystories_gpt.data import load_text_splits, prepare_data
-    from tinystories_gpt.tokenization import load_gpt2_tokenizer
+    from tinystories_gpt.data.sources import load_text_splits
+    from tinystories_gpt.data.token_files import prepare_data
+    from tinystories_gpt.data.tokenization import load_gpt2_tokenizer
 
     imports_mb = current_rss_mb()
     if method == "pipeline":

@@ -23,10 +23,10 @@ import onnxruntime
 import torch
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt.export_gguf import export_gguf
-from tinystories_gpt.export_onnx import empty_cache, export_onnx, run_step
-from tinystories_gpt.hub import save_hub_folder
-from tinystories_gpt.tokenization import train_tokenizer
+from tinystories_gpt.data.tokenization import train_tokenizer
+from tinystories_gpt.export.gguf import export_gguf
+from tinystories_gpt.export.hub import save_hub_folder
+from tinystories_gpt.export.onnx import empty_cache, export_onnx, run_step
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS, NEW_TOKENS = 28, 100

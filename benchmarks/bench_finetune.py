@@ -28,9 +28,9 @@ PRESET = REPO / "configs" / "finetune.yaml"
 def hold_out_loss(model_dir: str, workdir: Path) -> dict:
     """Loss and bits per byte of a model over the preset's hold-out, tokenized with the model's own tokenizer."""
     from tinystories_gpt import TinyStoriesGPTForCausalLM
-    from tinystories_gpt.arguments import load_preset
-    from tinystories_gpt.data import prepare_data
-    from tinystories_gpt.evaluation import evaluate_split
+    from tinystories_gpt.data.token_files import prepare_data
+    from tinystories_gpt.evaluation.losses import evaluate_split
+    from tinystories_gpt.training.arguments import load_preset
 
     preset = load_preset(PRESET)
     prepared = prepare_data(
@@ -68,8 +68,8 @@ def fine_tune(parent: str, workdir: Path, name: str, extra: list[str]) -> dict:
 def interleaved_step_seconds(parent: str, lora_r: int, steps: int) -> tuple[dict[str, float], int]:
     """(the median seconds of one optimizer step, full and LoRA in turn (bf16 autocast), tokens per step)."""
     from tinystories_gpt import TinyStoriesGPTForCausalLM
-    from tinystories_gpt.arguments import ModelArguments, load_preset
-    from tinystories_gpt.lora import add_lora_adapters
+    from tinystories_gpt.training.arguments import ModelArguments, load_preset
+    from tinystories_gpt.training.lora import add_lora_adapters
 
     preset = load_preset(PRESET)
     models = {}

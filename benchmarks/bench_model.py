@@ -17,7 +17,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt.conversion import to_gpt2
+from tinystories_gpt.export.gpt2 import to_gpt2
 
 BATCH_SIZE, BLOCK_SIZE, NEW_TOKENS = 8, 128, 100
 SHAPES = {

@@ -442,7 +442,7 @@ def best_gaps(best: Path, rewrites: int) -> int:
     from transformers import AutoTokenizer
 
     from tinystories_gpt import TinyStoriesGPTForCausalLM
-    from tinystories_gpt.hub import save_hub_folder
+    from tinystories_gpt.export.hub import save_hub_folder
 
     model, tokenizer = TinyStoriesGPTForCausalLM.from_pretrained(best), AutoTokenizer.from_pretrained(best)
     missing, done = [0], threading.Event()

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt.conversion import to_gpt2
-from tinystories_gpt.hardware import peak_flops, resolve_mixed_precision
-from tinystories_gpt.records import model_flops_per_token
+from tinystories_gpt.export.gpt2 import to_gpt2
+from tinystories_gpt.training.hardware import peak_flops, resolve_mixed_precision
+from tinystories_gpt.training.records import model_flops_per_token
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = dict(n_layer=6, n_head=6, n_embd=384, block_size=128, vocab_size=50257)

@@ -16,9 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tinystories_gpt  # noqa: F401  (registers the Auto classes)
-from tinystories_gpt.conversion import export_gpt2
-from tinystories_gpt.export_gguf import export_gguf
-from tinystories_gpt.export_onnx import export_onnx
+from tinystories_gpt.export.gguf import export_gguf
+from tinystories_gpt.export.gpt2 import export_gpt2
+from tinystories_gpt.export.onnx import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "tinystories"

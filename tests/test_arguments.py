@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinystories_gpt.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from tinystories_gpt.training.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import torch
 from runs import REPO, run_cli, tiny_args, without
 from safetensors.torch import load_file
 
-from tinystories_gpt.budget import MeasuredCosts, affordable_max_iters, remaining_seconds
+from tinystories_gpt.training.budget import MeasuredCosts, affordable_max_iters, remaining_seconds
 
 COSTS = MeasuredCosts(step=0.1, evaluation=2.0, checkpoint=1.0, final_pass=5.0)
 

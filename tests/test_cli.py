@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
 from tinystories_gpt.cli import evaluate as evaluate_cli
 from tinystories_gpt.cli import generate as generate_cli
-from tinystories_gpt.tokenization import GPT2_TOKENIZER_DIR
+from tinystories_gpt.data.tokenization import GPT2_TOKENIZER_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = ["Tom had a red ball.", "Lily saw a big cat. She smiled.", "The sun was warm and happy."]
@@ -135,7 +135,7 @@ def test_evaluate_runs_from_an_installed_wheel_outside_the_checkout(saved_model,
     arguments = [str(saved_model), "--dataset", str(dataset), "--json"]
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    for command in ([str(python), "-m", "tinystories_gpt.evaluate"], [str(venv / "bin" / "tinystories-evaluate")]):
+    for command in ([str(python), "-m", "tinystories_gpt.cli.evaluate"], [str(venv / "bin" / "tinystories-evaluate")]):
         result = subprocess.run([*command, *arguments], capture_output=True, text=True, cwd=outside)
         assert result.returncode == 0, result.stderr
         figures = json.loads(result.stdout)

@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from tinystories_gpt import conversion
-from tinystories_gpt.conversion import convert_nanogpt, convert_training_checkpoint, export_gpt2, import_gpt2
-from tinystories_gpt.tokenization import GPT2_TOKENIZER_DIR
+from tinystories_gpt.data.tokenization import GPT2_TOKENIZER_DIR
+from tinystories_gpt.export import nanogpt
+from tinystories_gpt.export.gpt2 import export_gpt2, import_gpt2
+from tinystories_gpt.export.nanogpt import convert_nanogpt, convert_training_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 N_LAYER, N_HEAD, N_EMBD, BLOCK_SIZE = 2, 2, 32, 16
@@ -255,8 +256,8 @@ def test_failed_logits_check_writes_nothing(tmp_path, monkeypatch):
     checkpoint = save(nanogpt_checkpoint(nanogpt_state_dict()), tmp_path / "ckpt.pt")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "good.txt").write_text("the previous model")
-    real_reference = conversion.reference_logits
-    monkeypatch.setattr(conversion, "reference_logits", lambda *args: real_reference(*args) + 1e-3)
+    real_reference = nanogpt.reference_logits
+    monkeypatch.setattr(nanogpt, "reference_logits", lambda *args: real_reference(*args) + 1e-3)
     with pytest.raises(ValueError, match="logits check failed: the converted model differs .* by up to 0.001"):
         convert_nanogpt(checkpoint, tmp_path / "hf", overwrite=True)
     assert [path.name for path in (tmp_path / "hf").iterdir()] == ["good.txt"]
@@ -271,7 +272,7 @@ def test_accelerate_training_checkpoint_converts(tmp_path):
     from accelerate import Accelerator
 
     from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-    from tinystories_gpt.conversion import normalize_state_dict
+    from tinystories_gpt.export.nanogpt import normalize_state_dict
 
     config = TinyStoriesGPTConfig(
         vocab_size=VOCAB_SIZE, block_size=BLOCK_SIZE, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD

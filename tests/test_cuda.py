@@ -10,9 +10,9 @@ import torch
 from runs import tiny_args
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt.arguments import TrainingArguments
-from tinystories_gpt.optimization import build_optimizer
-from tinystories_gpt.training import parse_args, train
+from tinystories_gpt.training.arguments import TrainingArguments
+from tinystories_gpt.training.loop import parse_args, train
+from tinystories_gpt.training.optimization import build_optimizer
 
 pytestmark = [
     pytest.mark.cuda,

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, DatasetDict, Features, Value
 
-from tinystories_gpt import data
-from tinystories_gpt.data import load_text_splits, prepare_data, tokenize_split
-from tinystories_gpt.tokenization import EOS_TOKEN, load_gpt2_tokenizer
+from tinystories_gpt.data import sources, token_files
+from tinystories_gpt.data.sources import load_text_splits
+from tinystories_gpt.data.token_files import prepare_data, tokenize_split
+from tinystories_gpt.data.tokenization import EOS_TOKEN, load_gpt2_tokenizer
 
 pytestmark = pytest.mark.usefixtures("hf_cache")
 
@@ -114,7 +115,7 @@ def test_txt_story_boundaries(tmp_path):
         f"Second story.{EOS_TOKEN}Third story, same line.\n{EOS_TOKEN}\n"
         "Last story, no separator after it.\n"
     )
-    assert list(data._read_stories(str(path))) == [
+    assert list(sources._read_stories(str(path))) == [
         {"text": "First story.\nSecond paragraph."},
         {"text": "Second story."},
         {"text": "Third story, same line."},
@@ -134,7 +135,7 @@ def test_hub_dataset_loads_end_to_end_through_the_fake_hub(fake_hub, tmp_path):
     prepared = prepare_data("roneneldan/TinyStories", "bpe:300", cache_dir=tmp_path / "cache")  # the real code path
     assert (prepared.train.num_stories, prepared.validation.num_stories) == (len(TRAIN), len(VALIDATION))
     assert any("/datasets/roneneldan/TinyStories/resolve/" in str(r.url) for r in fake_hub.requests)
-    assert data.DEFAULT_DATASET == "roneneldan/TinyStories"
+    assert sources.DEFAULT_DATASET == "roneneldan/TinyStories"
 
 
 def test_the_bundled_sample_is_there():
@@ -183,7 +184,7 @@ def test_empty_split(tmp_path, name, content):
 def test_empty_split_from_any_source():
     # (datasets cannot even reload an empty split it saved, so this check is called on its own)
     with pytest.raises(ValueError, match="the validation split of somewhere holds no stories"):
-        data._check_text_split(Dataset.from_dict({"text": []}, features=TEXT_FEATURES), "validation", "somewhere")
+        sources._check_text_split(Dataset.from_dict({"text": []}, features=TEXT_FEATURES), "validation", "somewhere")
 
 
 def test_no_text_column_lists_the_columns_found(tmp_path):
@@ -204,10 +205,10 @@ def test_bytes_that_are_not_utf8_name_the_file_and_offset(tmp_path, name):
 def test_utf8_check_across_chunk_boundaries(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("é" * 10, encoding="utf-8")  # 2-byte characters split across 3-byte chunks
-    assert data._check_utf8(path, chunk_size=3)
+    assert sources._check_utf8(path, chunk_size=3)
     path.write_bytes("é".encode() * 10 + b"\xff")
     with pytest.raises(ValueError, match="offset 20 "):
-        data._check_utf8(path, chunk_size=3)
+        sources._check_utf8(path, chunk_size=3)
 
 
 def test_hold_out_that_leaves_a_side_empty(tmp_path):
@@ -255,7 +256,7 @@ def test_second_run_reuses_the_file(story_folder, tmp_path, monkeypatch):
     def no_encoding(*args, **kwargs):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(data, "_encode_batch", no_encoding)
+    monkeypatch.setattr(token_files, "_encode_batch", no_encoding)
     again = prepare_data(story_folder, "gpt2", cache_dir=tmp_path)
     assert again.train == first.train and again.validation == first.validation
     assert again.train.path.stat().st_mtime_ns == modified
@@ -289,19 +290,19 @@ def test_a_missing_or_wrong_sidecar_means_rebuild(story_folder, tmp_path, gpt2):
 
 def test_an_interrupted_build_leaves_nothing_that_looks_complete(story_folder, tmp_path, gpt2, monkeypatch):
     texts = load_text_splits(story_folder)["train"]
-    real_write, real_rmtree = data._write_tokens, shutil.rmtree
+    real_write, real_rmtree = token_files._write_tokens, shutil.rmtree
 
     def killed_while_writing(encoded, path, dtype):
         path.write_bytes(b"\1\2\3\4")  # half a file
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_write_tokens", killed_while_writing)
+    monkeypatch.setattr(token_files, "_write_tokens", killed_while_writing)
     monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # as if killed: no clean-up ran
     with pytest.raises(KeyboardInterrupt):
         tokenize_split(texts, gpt2, tmp_path, "train")
     assert not list(tmp_path.glob("train-*"))  # only the hidden scratch folder is left
     assert len(list(tmp_path.glob(".train-*.tmp"))) == 1
-    monkeypatch.setattr(data, "_write_tokens", real_write)
+    monkeypatch.setattr(token_files, "_write_tokens", real_write)
     monkeypatch.setattr(shutil, "rmtree", real_rmtree)
     token_file = tokenize_split(texts, gpt2, tmp_path, "train")
     assert token_file.num_stories == len(TRAIN)

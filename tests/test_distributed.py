@@ -113,17 +113,17 @@ def test_two_launchers_as_two_machines_match_two_processes(ddp_run, tmp_path):
 
 NAN_ON_RANK_1 = """
 import os, sys
-from tinystories_gpt import training
+from tinystories_gpt.training import loop
 from tinystories_gpt.cli.train import main
 
-real_loss, calls = training.next_token_loss, []
+real_loss, calls = loop.next_token_loss, []
 
 def loss(model, input_ids, labels):  # rank 1's 4th optimizer step (step 3) sees NaN; rank 0 never does
     calls.append(None)
     value = real_loss(model, input_ids, labels)
     return value * float("nan") if os.environ["RANK"] == "1" and len(calls) > 3 else value
 
-training.next_token_loss = loss
+loop.next_token_loss = loss
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -128,8 +128,8 @@ def test_gguf_with_an_unknown_outtype_is_refused(story_models, tmp_path):
 
 def test_q8_0_of_a_model_whose_rows_32_does_not_divide_is_refused(tmp_path):
     from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-    from tinystories_gpt.hub import save_hub_folder
-    from tinystories_gpt.tokenization import load_gpt2_tokenizer
+    from tinystories_gpt.data.tokenization import load_gpt2_tokenizer
+    from tinystories_gpt.export.hub import save_hub_folder
 
     config = TinyStoriesGPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=48)
     folder = save_hub_folder(TinyStoriesGPTForCausalLM(config), load_gpt2_tokenizer(), tmp_path / "narrow")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from exports import NEW_TOKENS, REPO, our_greedy, our_logits, prompt, side_env, up_to_eos, validation_story
 
-from tinystories_gpt.export_onnx import empty_cache, run_step
+from tinystories_gpt.export.onnx import empty_cache, run_step
 
 LOGITS_TOLERANCE = 1e-3  # what the issue asks; measured up to 7e-6 (both float32)
 

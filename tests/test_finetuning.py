@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt.conversion import export_gpt2
-from tinystories_gpt.evaluation import next_token_loss
-from tinystories_gpt.init_from import load_parent
-from tinystories_gpt.tokenization import tokenizer_fingerprint
-from tinystories_gpt.training import parse_args, train
+from tinystories_gpt.data.tokenization import tokenizer_fingerprint
+from tinystories_gpt.evaluation.losses import next_token_loss
+from tinystories_gpt.export.gpt2 import export_gpt2
+from tinystories_gpt.training.loop import parse_args, train
+from tinystories_gpt.training.parent import load_parent
 
 TARGETS = ["c_attn", "c_proj", "c_fc"]
 
@@ -95,7 +95,7 @@ def finetune_args(tmp_path: Path, parent: Path, stories: Path, *extra: str) -> l
 
 def train_recording_batches(argv: list[str], monkeypatch) -> list[tuple]:
     """Train, returning every micro-batch the loop trained on with the loss it computed: (input_ids, labels, loss)."""
-    from tinystories_gpt import training
+    from tinystories_gpt.training import loop
 
     seen = []
 
@@ -104,7 +104,7 @@ def train_recording_batches(argv: list[str], monkeypatch) -> list[tuple]:
         seen.append((input_ids, labels, loss.item()))
         return loss
 
-    monkeypatch.setattr(training, "next_token_loss", recording_loss)
+    monkeypatch.setattr(loop, "next_token_loss", recording_loss)
     train(*parse_args(argv))
     return seen
 
@@ -331,9 +331,9 @@ def test_a_lora_checkpoint_is_not_a_parent(lora_run, my_stories, tmp_path):
 
 
 def test_lora_under_fsdp_is_refused_before_any_work(parent, my_stories, tmp_path, monkeypatch):
-    from tinystories_gpt import training
+    from tinystories_gpt.training import run
 
-    monkeypatch.setattr(training, "is_sharded", lambda accelerator: True)  # as under an FSDP launch
+    monkeypatch.setattr(run, "is_sharded", lambda accelerator: True)  # as under an FSDP launch
     with pytest.raises(ValueError, match="--lora_r under FSDP"):
         train(*parse_args(finetune_args(tmp_path, parent, my_stories, "--lora_r", "4")))
     assert not (tmp_path / "token-cache").exists()

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tinystories_gpt import hardware
-from tinystories_gpt.hardware import can_compile, peak_flops, resolve_mixed_precision
+from tinystories_gpt.training import hardware
+from tinystories_gpt.training.hardware import can_compile, peak_flops, resolve_mixed_precision
 
 
 def test_mixed_precision_auto_follows_the_device_and_fp16_on_cpu_is_refused(monkeypatch):

@@ -18,8 +18,8 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
-from tinystories_gpt.hub import TEMPLATE_PATH, TRANSFORMERS_REQUIREMENT, push_to_hub, save_hub_folder
-from tinystories_gpt.tokenization import load_gpt2_tokenizer
+from tinystories_gpt.data.tokenization import load_gpt2_tokenizer
+from tinystories_gpt.export.hub import TEMPLATE_PATH, TRANSFORMERS_REQUIREMENT, push_to_hub, save_hub_folder
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = {"loss": 1.5, "bits_per_byte": 0.55, "tokens": 2048, "bytes": 8192}

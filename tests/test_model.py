@@ -15,7 +15,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 import tinystories_gpt
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, TinyStoriesGPTModel
 
-GPT2_TOKENIZER_DIR = Path(tinystories_gpt.__file__).parent / "tokenizer" / "gpt2"
+GPT2_TOKENIZER_DIR = Path(tinystories_gpt.__file__).parent / "data" / "gpt2_tokenizer"
 TINY = dict(vocab_size=101, block_size=32, n_layer=2, n_head=2, n_embd=32, bos_token_id=0, eos_token_id=0)
 
 

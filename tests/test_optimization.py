@@ -2,8 +2,8 @@
 
 import pytest
 
-from tinystories_gpt.arguments import TrainingArguments
-from tinystories_gpt.optimization import learning_rate_at
+from tinystories_gpt.training.arguments import TrainingArguments
+from tinystories_gpt.training.optimization import learning_rate_at
 
 
 def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_min_lr():

@@ -18,25 +18,30 @@ import matplotlib.figure
 import psutil
 import pytest
 import torch
+from accelerate import Accelerator
 from filelock import FileLock
 from runs import REPO, assert_same_tensors, losses, run_cli, tiny_args
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, data, faults, hub, lora, training
-from tinystories_gpt.checkpointing import LOCK_FILE, checkpoint_damage, remove_leftovers, take_run_lock
+from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, files
 from tinystories_gpt.cli import convert as convert_cli
 from tinystories_gpt.cli import evaluate as evaluate_cli
 from tinystories_gpt.cli import generate as generate_cli
 from tinystories_gpt.cli import train as train_cli
-from tinystories_gpt.conversion import convert_training_checkpoint
-from tinystories_gpt.data import remove_dead_scratch
-from tinystories_gpt.faults import DiskFull, Stopped, is_disk_full, removed_on_failure
-from tinystories_gpt.hub import save_hub_folder
-from tinystories_gpt.records import appending, read_metrics
-from tinystories_gpt.tokenization import GPT2_TOKENIZER_DIR, load_gpt2_tokenizer
-from tinystories_gpt.training import parse_args, train
+from tinystories_gpt.data import token_files
+from tinystories_gpt.data.token_files import remove_dead_scratch
+from tinystories_gpt.data.tokenization import GPT2_TOKENIZER_DIR, load_gpt2_tokenizer
+from tinystories_gpt.export import hub
+from tinystories_gpt.export.hub import save_hub_folder
+from tinystories_gpt.export.nanogpt import convert_training_checkpoint
+from tinystories_gpt.files import DiskFull, appending, folder_damage, is_disk_full, removed_on_failure
+from tinystories_gpt.signals import Stopped
+from tinystories_gpt.training import evaluations, lora
+from tinystories_gpt.training.checkpoints import LOCK_FILE, remove_leftovers, take_run_lock
+from tinystories_gpt.training.loop import parse_args, train
+from tinystories_gpt.training.records import read_metrics
 
 DATA = REPO / "data" / "tinystories"
 
@@ -106,8 +111,9 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_message(tmp_path, cap
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from tinystories_gpt.checkpointing import take_run_lock; "
-            "take_run_lock(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
+            "import sys, time; from pathlib import Path; "
+            "from tinystories_gpt.training.checkpoints import take_run_lock; take_run_lock(Path(sys.argv[1])); "
+            "print('locked', flush=True); time.sleep(600)",
             str(run),
         ],
         stdout=subprocess.PIPE,
@@ -193,9 +199,9 @@ def test_scratch_of_a_dead_build_goes_and_that_of_a_live_one_stays(tmp_path):
 
 
 def stop_at_call(monkeypatch, name: str, call: int) -> list:
-    """Make `training.<name>` send this process SIGTERM when it is called for the `call`-th time."""
+    """Make `evaluations.<name>` send this process SIGTERM when it is called for the `call`-th time."""
     calls = []
-    real = getattr(training, name)
+    real = getattr(evaluations, name)
 
     def signalling(*args, **kwargs):
         calls.append(None)
@@ -203,7 +209,7 @@ def stop_at_call(monkeypatch, name: str, call: int) -> list:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, name, signalling)
+    monkeypatch.setattr(evaluations, name, signalling)
     return calls
 
 
@@ -234,7 +240,7 @@ def test_sigterm_in_the_final_pass_says_what_is_kept_and_resume_finishes(tmp_pat
     assert str(stopped.value) == (
         f"stopped by SIGTERM after the last step: {checkpoint} and best/ are complete; --resume redoes the rest"
     )
-    assert stopped.value.exit_status == 143 and checkpoint_damage(checkpoint) is None
+    assert stopped.value.exit_status == 143 and folder_damage(checkpoint) is None
     assert not (tmp_path / "run" / "final_metrics.json").exists()
 
     monkeypatch.undo()
@@ -273,9 +279,9 @@ def truncate(path: Path) -> None:
             r"model.safetensors is [\d,]+ bytes, [\d,]+ when it was saved",
         ),
         (lambda step: (step / "optimizer.bin").unlink(), "optimizer.bin is missing"),
-        (  # a checkpoint from before manifests: found by its format
-            lambda step: [(step / "checkpoint_files.json").unlink(), truncate(step / "optimizer.bin")],
-            r"optimizer.bin is not a complete PyTorch file",
+        (  # the manifest is written last: a checkpoint without one was never completed
+            lambda step: (step / "checkpoint_files.json").unlink(),
+            r"it has no checkpoint_files.json, which is written last",
         ),
     ],
     ids=["truncated weights", "deleted optimizer", "no manifest"],
@@ -340,14 +346,14 @@ class FillsTheDisk:
 
 
 def test_a_full_disk_at_a_checkpoint_names_the_last_good_one(tmp_path, monkeypatch):
-    real_save_state = training.Accelerator.save_state
+    real_save_state = Accelerator.save_state
 
     def save_state(self, output_dir, **kwargs):
         if output_dir.endswith(".step_8.tmp"):
             fail_like_a_full_disk(Path(output_dir) / "optimizer.bin")
         return real_save_state(self, output_dir, **kwargs)
 
-    monkeypatch.setattr(training.Accelerator, "save_state", save_state)
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
     with pytest.raises(DiskFull) as full:
         train(*parse_args(tiny_args(tmp_path, "--num_samples", "0")))
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -377,7 +383,7 @@ def test_a_full_disk_anywhere_removes_the_partial_file_and_says_so(tmp_path, mon
                 module, "write_hub_folder", lambda model, tok, folder, **kw: fail_like_a_full_disk(folder / "x")
             )
     else:
-        monkeypatch.setattr(data, "_write_tokens", lambda encoded, path, dtype: fail_like_a_full_disk(path))
+        monkeypatch.setattr(token_files, "_write_tokens", lambda encoded, path, dtype: fail_like_a_full_disk(path))
     cache = tmp_path / "cache"
     with pytest.raises(DiskFull, match="the disk is full: .* could not be written to .*the partial file was removed"):
         train(*parse_args(tiny_args(tmp_path, "--cache_dir", str(cache), "--num_samples", "0")))
@@ -392,7 +398,7 @@ def test_full_disk_errors_are_recognised_however_libraries_report_them(tmp_path,
     assert is_disk_full(SafetensorError("I/O error: No space left on device (os error 28)"), tmp_path)
     short_write = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     assert not is_disk_full(short_write, tmp_path)  # space left: some other fault
-    monkeypatch.setattr(faults.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
     assert is_disk_full(short_write, tmp_path)  # PyTorch's writer keeps no errno: a full filesystem tells
     assert not is_disk_full(KeyboardInterrupt(), tmp_path)
 
@@ -427,7 +433,7 @@ def test_a_real_full_disk_ends_the_run_in_one_line_with_nothing_partial(tmp_path
         assert partial == []
         named = message.split("The last good checkpoint is ")[-1].split(":")[0]
         if "No checkpoint was written yet" not in message:
-            assert checkpoint_damage(Path(named)) is None
+            assert folder_damage(Path(named)) is None
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 
@@ -455,10 +461,13 @@ def test_leftovers_of_a_dead_run_are_removed_and_a_best_moved_aside_is_put_back(
     for folder in (".best.1a2b3c4d.tmp", ".best.5e6f7a8b.old/best", "checkpoints/.step_3.tmp"):
         (run / folder).mkdir(parents=True)
     (run / ".best.5e6f7a8b.old" / "best" / "config.json").write_text("{}")
-    (run / "loss_curve.png.tmp.png").write_bytes(b"")
+    (run / ".loss_curve.png.9c0d1e2f.tmp").write_bytes(b"")  # files.replacing_file's partial name
     (run / "notes.tmp").write_text("the user's own file")
-    assert remove_leftovers(run) == [".best.1a2b3c4d.tmp", ".best.5e6f7a8b.old", "checkpoints/.step_3.tmp"] + [
-        "loss_curve.png.tmp.png"
+    assert remove_leftovers(run) == [
+        ".best.1a2b3c4d.tmp",
+        ".best.5e6f7a8b.old",
+        ".loss_curve.png.9c0d1e2f.tmp",
+        "checkpoints/.step_3.tmp",
     ]
     assert (run / "best" / "config.json").is_file() and (run / "notes.tmp").is_file()
 
@@ -489,7 +498,7 @@ def test_best_is_replaced_without_a_gap_with_the_usual_permissions(tmp_path, mon
     assert ((best / "model.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask  # safetensors writes 0600
     assert [path.name for path in tmp_path.iterdir()] == ["best"]
 
-    monkeypatch.setattr(hub, "exchange_paths", lambda first, second: False)  # a filesystem that cannot swap
+    monkeypatch.setattr(files, "exchange_paths", lambda first, second: False)  # a filesystem that cannot swap
     save_hub_folder(model, tokenizer, best, overwrite=True)
     assert [path.name for path in tmp_path.iterdir()] == ["best"] and (best / "config.json").is_file()
 

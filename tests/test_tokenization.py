@@ -7,9 +7,9 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tinystories_gpt import tokenization
-from tinystories_gpt.data import dataset_fingerprint
-from tinystories_gpt.tokenization import (
+from tinystories_gpt.data import tokenization
+from tinystories_gpt.data.token_files import dataset_fingerprint
+from tinystories_gpt.data.tokenization import (
     EOS_TOKEN,
     GPT2_TOKENIZER_DIR,
     check_vocab_fits,

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from tinystories_gpt.cli import evaluate as evaluate_cli
-from tinystories_gpt.evaluation import next_token_loss
-from tinystories_gpt.training import TrainingDiverged, parse_args, train
+from tinystories_gpt.evaluation.losses import next_token_loss
+from tinystories_gpt.training.loop import TrainingDiverged, parse_args, train
 
 
 def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
@@ -48,9 +48,9 @@ def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
 
 
 def test_an_unfinished_run_says_its_card_figures_are_interim(tmp_path, monkeypatch):
-    from tinystories_gpt import training
+    from tinystories_gpt.training import loop
 
-    monkeypatch.setattr(training, "finish", lambda *args, **kwargs: {})  # as if killed before the final pass
+    monkeypatch.setattr(loop, "final_pass", lambda run: {})  # as if killed before the final pass
     train(*parse_args(tiny_args(tmp_path)))
     text = ModelCard.load(tmp_path / "run" / "best" / "README.md").text
     assert "an estimate on 4 fixed batches of 64 x 32-token windows of the validation split" in text
@@ -149,7 +149,7 @@ def test_quickstart_preset_runs_shortened(tmp_path):
 
 
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from tinystories_gpt import training
+    from tinystories_gpt.training import loop
 
     calls = []
 
@@ -158,7 +158,7 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
         loss = next_token_loss(model, inputs, targets)
         return loss * float("nan") if len(calls) > 8 else loss
 
-    monkeypatch.setattr(training, "next_token_loss", loss_turning_nan)
+    monkeypatch.setattr(loop, "next_token_loss", loss_turning_nan)
     argv = tiny_args(tmp_path, "--max_iters", "12", "--checkpoint_interval", "2", "--eval_interval", "12")
     with pytest.raises(TrainingDiverged, match=r"The training loss became nan at step 4") as raised:
         train(*parse_args(argv))

@@ -18,9 +18,11 @@ import argparse
 import importlib
 import sys
 
-from ..conversion import convert_nanogpt, convert_training_checkpoint, export_gpt2, import_gpt2
-from ..faults import run_command, stop_on_signal
-from ..hub import push_to_hub
+from ..export.gpt2 import export_gpt2, import_gpt2
+from ..export.hub import push_to_hub
+from ..export.nanogpt import convert_nanogpt, convert_training_checkpoint
+from ..signals import stop_on_signal
+from .exit_status import run_command
 
 SHAPE_OPTIONS = ("n_head", "block_size", "vocab_size", "n_layer", "n_embd")
 
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> str:
 def export_function(name: str):
     """`export_gguf` or `export_onnx`, imported only when asked for: they need the `export` extra's libraries."""
     try:
-        return getattr(importlib.import_module(f"tinystories_gpt.{name}"), name)
+        return getattr(importlib.import_module(f"tinystories_gpt.export.{name.removeprefix('export_')}"), name)
     except ModuleNotFoundError as error:
         raise ValueError(
             f"convert.py {name.removeprefix('export_')} needs {error.name!r}: pip install 'tinystories-gpt[export]'"

@@ -11,11 +11,13 @@ import tempfile
 
 import torch
 
-from ..data import load_text_splits, tokenize_split
-from ..evaluation import evaluate_split
-from ..faults import run_command, stop_on_signal
-from ..hub import load_model_and_tokenizer
-from ..tokenization import check_vocab_fits
+from ..data.sources import load_text_splits
+from ..data.token_files import tokenize_split
+from ..data.tokenization import check_vocab_fits
+from ..evaluation.losses import evaluate_split
+from ..export.hub import load_model_and_tokenizer
+from ..signals import stop_on_signal
+from .exit_status import run_command
 
 
 def main(argv: list[str] | None = None) -> int:

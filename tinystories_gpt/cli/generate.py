@@ -12,8 +12,9 @@ from contextlib import contextmanager
 import torch
 from transformers import TextStreamer
 
-from ..faults import run_command, stop_on_signal
-from ..hub import load_model_and_tokenizer
+from ..export.hub import load_model_and_tokenizer
+from ..signals import stop_on_signal
+from .exit_status import run_command
 
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p")
 

@@ -6,8 +6,8 @@ sets defaults that flags override. Launch with `accelerate launch` or `torchrun`
 
 import sys
 
-from ..faults import run_command
-from ..training import TrainingDiverged, parse_args, train
+from ..training.loop import TrainingDiverged, parse_args, train
+from .exit_status import run_command
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,9 @@ import torch
 from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..export.hub import write_hub_folder
+from ..files import replacing_folder
 from .arguments import ModelArguments
-from .hub import staged_folder, write_hub_folder
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -76,7 +77,7 @@ def save_model_folder(
     adapter keeps that adapter: training's final pass rewrites best/ (its card) from best/'s own merged weights.
     """
     output_dir = Path(output_dir)
-    with staged_folder(output_dir, overwrite=True) as staging:
+    with replacing_folder(output_dir, f"the folder {output_dir.name}") as staging:
         write_hub_folder(merged_model(model), tokenizer, staging, **contents)
         if is_lora(model):
             model.save_pretrained(staging / ADAPTER_DIR)

@@ -10,7 +10,7 @@
       best/, metrics.jsonl, ...  see RUN_FILES
 
 A checkpoint is only ever taken at an optimizer-step boundary, so `--resume` continues the run bit for bit; it is
-verified before use (`checkpoint_damage`), and a damaged one is skipped for the one before.
+verified before use (`files.folder_damage`), and a damaged one is skipped for the one before.
 """
 
 import json
@@ -20,7 +20,6 @@ import shutil
 import socket
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,11 +28,10 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
-from safetensors import safe_open
 
+from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
+from ..files import DiskFull, folder_damage, remove, replacing_folder, write_manifest
 from .arguments import TrainingArguments
-from .configuration_tinystories_gpt import TinyStoriesGPTConfig
-from .faults import DiskFull, remove, removed_on_failure
 
 # What a run writes into output_dir, and what each holds
 RUN_FILES = {
@@ -47,9 +45,6 @@ RUN_FILES = {
 }
 SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
 LOCK_FILE = ".run.lock"
-MANIFEST = "checkpoint_files.json"
-# What a checkpoint written before manifests must hold to be resumed (save_state's files for one process)
-RESUME_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl", "config.json")
 
 
 class RunState:
@@ -75,7 +70,7 @@ class RunState:
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.best_val_loss = state["best_val_loss"]
-        self.chosen_max_iters = state.get("chosen_max_iters")  # absent from checkpoints of older releases
+        self.chosen_max_iters = state["chosen_max_iters"]
         self.sampler.load_state_dict(state["sampler"])
 
 
@@ -218,7 +213,7 @@ def remove_leftovers(output_dir: Path) -> list[str]:
         if not best.exists() and (aside / "best").is_dir():
             os.replace(aside / "best", best)
     patterns = [f".{name}.*tmp" for name in RUN_FILES] + [f".{name}.*.old" for name in RUN_FILES]
-    patterns += ["checkpoints/.step_*.tmp", "loss_curve.png.tmp.png"]  # the last: the name before this release
+    patterns.append("checkpoints/.step_*.tmp")
     leftovers = sorted({path for pattern in patterns for path in output_dir.glob(pattern)})
     for path in leftovers:
         remove(path)
@@ -246,77 +241,35 @@ def newest_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, step: int, config: TinyStoriesGPTConfig, tokenizer, args) -> Path:
-    """`accelerator.save_state` into a temporary folder, renamed into place once every file is written.
+    """`accelerator.save_state` into `.step_N.tmp`, renamed to `step_N` once every process has written its files
+    and the manifest is written; then the oldest checkpoints beyond `keep_checkpoints` go.
 
     A failure removes the partial folder (a full disk raises DiskFull), so the checkpoints left are all complete.
     """
     final = args.checkpoints_dir / f"step_{step}"
-    partial = args.checkpoints_dir / f".step_{step}.tmp"
+    staging = args.checkpoints_dir / f".step_{step}.tmp"  # one name every process knows: each writes its shard
     if accelerator.is_main_process:
-        remove(partial)
+        remove(staging)
     accelerator.wait_for_everyone()
-    with removed_on_failure(partial, f"checkpoint step_{step}"):
-        accelerator.save_state(str(partial), safe_serialization=True)  # under FSDP, every process writes its shard
+    main = accelerator.is_main_process
+    with replacing_folder(final, f"checkpoint step_{step}", staging=staging, commit=main):
+        accelerator.save_state(str(staging), safe_serialization=True)  # under FSDP, every process writes its shard
         accelerator.wait_for_everyone()  # every process has written its files before the folder is sealed
-        if accelerator.is_main_process:
-            config.save_pretrained(partial)  # lets convert.py and --resume check shapes without loading weights
-            tokenizer.save_pretrained(partial / "tokenizer")
-            write_manifest(partial)
-    if accelerator.is_main_process:
-        remove(final)
-        os.replace(partial, final)
+        if main:
+            config.save_pretrained(staging)  # lets convert.py and --resume check shapes without loading weights
+            tokenizer.save_pretrained(staging / "tokenizer")
+            write_manifest(staging)
+    if main:
         for old in complete_checkpoints(args.checkpoints_dir)[: -args.keep_checkpoints]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
-def write_manifest(checkpoint: Path) -> None:
-    """Record every file of a checkpoint and its size, so that a later check sees any file missing or cut short."""
-    files = {str(path.relative_to(checkpoint)): path.stat().st_size for path in checkpoint.rglob("*") if path.is_file()}
-    (checkpoint / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
-
-
-def checkpoint_damage(checkpoint: Path, required: tuple[str, ...] = RESUME_FILES) -> str | None:
-    """What makes `checkpoint` unusable, in words, or None if it is complete and readable.
-
-    Every file its manifest lists must be there with the size it had when saved (a checkpoint written before
-    manifests must hold the `required` files); every safetensors header must parse and cover its file; every
-    PyTorch file (.bin, .pkl) must end with its zip directory, which a cut-short file lacks.
-    """
-    manifest = checkpoint / MANIFEST
-    if manifest.is_file():
-        try:
-            sizes = json.loads(manifest.read_text())["files"]
-        except (ValueError, KeyError, TypeError):
-            return f"its {MANIFEST} is unreadable"
-        for name, size in sizes.items():
-            path = checkpoint / name
-            if not path.is_file():
-                return f"{name} is missing"
-            if path.stat().st_size != size:
-                return f"{name} is {path.stat().st_size:,} bytes, {size:,} when it was saved"
-    else:
-        missing = [name for name in required if not (checkpoint / name).is_file()]
-        if missing:
-            return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
-    for path in sorted(checkpoint.rglob("*")):
-        name = path.relative_to(checkpoint)
-        if path.suffix == ".safetensors":
-            try:
-                with safe_open(path, framework="pt"):
-                    pass
-            except Exception as error:  # safetensors raises its own SafetensorError for every kind of damage
-                return f"{name} does not read as safetensors ({error})"
-        elif path.suffix in (".bin", ".pkl") and not zipfile.is_zipfile(path):
-            return f"{name} is not a complete PyTorch file (its zip directory is missing)"
-    return None
-
-
 def usable_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The newest checkpoint that passes `checkpoint_damage`; newer damaged ones are set aside with a warning."""
+    """The newest checkpoint that passes `files.folder_damage`; newer damaged ones are set aside with a warning."""
     for checkpoint in reversed(complete_checkpoints(checkpoints_dir)):
-        damage = checkpoint_damage(checkpoint)
+        damage = folder_damage(checkpoint)
         if damage is None:
             return checkpoint
         aside = set_aside(checkpoint, "damaged")

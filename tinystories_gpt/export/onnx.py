@@ -1,7 +1,7 @@
 """ONNX with a KV cache, laid out as transformers.js and optimum load it: a GPT-2 folder with `onnx/model.onnx`.
 
     OUT_DIR/
-      config.json, generation_config.json, tokenizer.json, ...   the GPT-2 export (conversion.export_gpt2's files)
+      config.json, generation_config.json, tokenizer.json, ...   the GPT-2 export (gpt2.export_gpt2's files)
       onnx/model.onnx                                            one decoder graph, weights inside
 
 The graph takes `input_ids`, `attention_mask`, `position_ids` and `past_key_values.{i}.key/value` (batch, heads,
@@ -23,10 +23,11 @@ import onnxruntime
 import torch
 from transformers.exporters import OnnxConfig, OnnxExporter
 
-from .configuration_tinystories_gpt import TinyStoriesGPTConfig
-from .conversion import check_logits, load_any_model, probe_input_ids, to_gpt2, write_gpt2_folder
-from .hub import check_output_dir, staged_folder
-from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
+from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
+from ..files import check_output
+from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
+from .checks import check_logits, probe_input_ids, save_checked
+from .gpt2 import load_as_ours, to_gpt2, write_gpt2_folder
 
 ONNX_PATH = "onnx/model.onnx"
 # The exporter names the cache by its path in the model's inputs and outputs; optimum's names replace them.
@@ -38,15 +39,16 @@ LOGITS_TOLERANCE = 1e-4
 
 def export_onnx(model_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write the model in `model_dir` (ours or a GPT-2 export) as an ONNX folder for transformers.js / optimum."""
-    check_output_dir(output_dir, overwrite)
-    model, tokenizer = load_any_model(model_dir)
+    check_output(output_dir, overwrite)
+    model, tokenizer = load_as_ours(model_dir)
     graph = onnx_graph(model)
-    with staged_folder(output_dir, overwrite) as staging:
-        write_gpt2_folder(to_gpt2(model), tokenizer, staging, source_dir=model_dir)
-        (staging / ONNX_PATH).parent.mkdir()
-        onnx_ir.save(graph, staging / ONNX_PATH)  # weights inside: transformers.js reads one file by default
-        check_onnx_logits(staging / ONNX_PATH, model)
-    return Path(output_dir)
+
+    def write(folder: Path) -> None:
+        write_gpt2_folder(to_gpt2(model), tokenizer, folder, source_dir=model_dir)
+        (folder / ONNX_PATH).parent.mkdir()
+        onnx_ir.save(graph, folder / ONNX_PATH)  # weights inside: transformers.js reads one file by default
+
+    return save_checked(output_dir, overwrite, write, check=lambda folder: check_onnx_logits(folder / ONNX_PATH, model))
 
 
 def onnx_graph(model: TinyStoriesGPTForCausalLM) -> onnx_ir.Model:

@@ -13,9 +13,6 @@ A tokenizer spec is one of:
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,11 +21,13 @@ import tokenizers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from ..files import replacing_folder
+
 if TYPE_CHECKING:  # for hints only: datasets (and pyarrow) load only where the data is read
     from datasets import Dataset
 
 EOS_TOKEN = "<|endoftext|>"
-GPT2_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer" / "gpt2"
+GPT2_TOKENIZER_DIR = Path(__file__).resolve().parent / "gpt2_tokenizer"
 NUM_BYTE_SYMBOLS = 256  # byte-level BPE starts from one symbol per byte value, so it never needs an unknown token
 
 
@@ -142,16 +141,8 @@ def _trained_tokenizer(
     if (folder / "tokenizer.json").is_file():
         return load_tokenizer(str(folder))
     tokenizer = train_tokenizer(_text_batches(training_texts), vocab_size)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Saved beside the final name and renamed, so a crash never leaves a half-written tokenizer that looks cached.
-    scratch = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-")
-    try:
-        tokenizer.save_pretrained(scratch)
-        os.replace(scratch, folder)
-    except OSError:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if not (folder / "tokenizer.json").is_file():  # a concurrent run that won the rename is fine
-            raise
+    with replacing_folder(folder, f"the trained tokenizer bpe:{vocab_size}") as staging:
+        tokenizer.save_pretrained(staging)  # a concurrent run that trained the same one is swapped out: identical
     return tokenizer
 
 

@@ -1,7 +1,7 @@
-"""Scoring a model: the loss of a batch, the loss over fixed windows while training, a full pass over a split
-(loss, perplexity and bits per byte, through the `evaluate` metric shipped in the package), and sample stories.
+"""Scoring a model: the loss of a batch, the loss over fixed windows while training, and a full pass over a split
+(loss, perplexity and bits per byte, through the `evaluate` metric shipped beside this file in bits_per_byte/).
 
-Every function here takes batches in the format of windows.py and works in one process or many: with an
+Every function here takes batches in the format of data/batches.py and works in one process or many: with an
 `Accelerator`, each process scores its share and the totals are summed across processes.
 """
 
@@ -12,18 +12,14 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .windows import IGNORE_INDEX, sequential_batches
+from ..data.batches import IGNORE_INDEX, sequential_batches
 
 if TYPE_CHECKING:
     import evaluate
 
-    from .data import TokenFile
+    from ..data.token_files import TokenFile
 
-METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "bits_per_byte"
-SEED_PROMPT = "Once upon a time there was a pumpkin."
-# Stories want variety but not nonsense: nanoGPT's sample.py defaults, also saved as the model's generation_config.
-TEMPERATURE = 0.8
-TOP_K = 200
+METRIC_PATH = Path(__file__).resolve().parent / "bits_per_byte"
 
 
 def next_token_loss(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -105,32 +101,3 @@ def evaluate_split(
     model.train(was_training)
     total_nats, total_labels = totals.tolist()
     return load_metric().compute(nats=[total_nats], tokens=[int(total_labels)], num_bytes=split.num_bytes)
-
-
-@torch.no_grad()
-def sample_stories(model, tokenizer, num_samples: int, seed: int, prompt: str = SEED_PROMPT) -> list[str]:
-    """Sampled continuations of the prompt, drawn from a private RNG so training's random stream is untouched."""
-    device = next(model.parameters()).device
-    prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    max_new_tokens = model.config.block_size - prompt_ids.shape[1]
-    if num_samples == 0 or max_new_tokens <= 0:
-        return []
-    was_training = model.training
-    model.eval()
-    # eager even under --compile: each new sequence length would otherwise cost a recompilation
-    with (
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-        torch.compiler.set_stance("force_eager"),
-    ):
-        torch.manual_seed(seed)
-        generated = model.generate(
-            prompt_ids.expand(num_samples, -1),
-            attention_mask=torch.ones_like(prompt_ids).expand(num_samples, -1),
-            do_sample=True,
-            temperature=TEMPERATURE,
-            top_k=TOP_K,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    model.train(was_training)
-    return [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]

@@ -3,17 +3,16 @@ shows, and the FLOPs behind MFU. Written by the main process only; each file is 
 a write that fails (a full disk: DiskFull) leaves the file as it was."""
 
 import json
-import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
+from ..files import appending, replacing_file, write_file
+from . import budget
 from .arguments import DataArguments, TrainingArguments
 from .budget import MEASURE_AFTER as WARMUP_STEPS_TIMED
 from .budget import format_seconds
-from .configuration_tinystories_gpt import TinyStoriesGPTConfig
-from .faults import DiskFull, is_disk_full, removed_on_failure
 
 
 def append_metrics(path: Path, record: dict) -> None:
@@ -43,36 +42,13 @@ def read_metrics(path: Path) -> list[dict]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """On resume, drop records written after the checkpoint (the resumed run writes them again), and a torn line."""
     kept = [record for record in read_metrics(path) if record["step"] <= last_step]
-    write_replacing(path, "".join(json.dumps(record) + "\n" for record in kept), "the metrics")
+    write_file(path, "".join(json.dumps(record) + "\n" for record in kept), "the metrics")
 
 
 def evaluation_missing(path: Path, step: int, args: TrainingArguments) -> bool:
     """Whether `step` is an evaluation step with no record: a stop cut its evaluation short, and it is owed."""
     due = step > 0 and (step % args.eval_interval == 0 or step == args.max_iters)
     return due and all(record["step"] != step for record in read_metrics(path))
-
-
-def write_replacing(path: Path, text: str, what: str) -> None:
-    """Write `text` beside `path` and rename it into place: `path` is always the old file or the new one."""
-    partial = path.with_name(f".{path.name}.tmp")
-    with removed_on_failure(partial, what):
-        partial.write_text(text)
-    os.replace(partial, path)
-
-
-@contextmanager
-def appending(path: Path, what: str):
-    """A file opened to append to; a failed write is cut off again, so no torn line is left behind."""
-    size = path.stat().st_size if path.exists() else 0
-    try:
-        with path.open("a") as file:
-            yield file
-    except BaseException as error:
-        full = is_disk_full(error, path)
-        os.truncate(path, size)
-        if full:
-            raise DiskFull(what, path) from error
-        raise
 
 
 def plot_loss_curve(metrics: list[dict], path: Path) -> None:
@@ -94,13 +70,11 @@ def plot_loss_curve(metrics: list[dict], path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    partial = path.with_name(f".{path.name}.tmp")
     try:
-        with removed_on_failure(partial, "the loss curve"):
+        with replacing_file(path, "the loss curve") as partial:
             figure.savefig(partial, dpi=110, format="png")
     finally:
         plt.close(figure)
-    os.replace(partial, path)
 
 
 def append_samples(path: Path, step: int, stories: list[str]) -> None:
@@ -144,10 +118,10 @@ class Throughput:
         self.last = ""
 
     def start_step(self) -> None:
-        self._started = time.perf_counter()
+        self._started = budget.now()
 
     def end_step(self) -> None:
-        seconds = time.perf_counter() - self._started
+        seconds = budget.now() - self._started
         self.seconds += seconds
         self.steps += 1
         self.step_seconds.append(seconds)
@@ -189,11 +163,11 @@ class PhaseClock:
 
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
+        started = budget.now()
         try:
             yield
         finally:
-            self.add(phase, time.perf_counter() - started)
+            self.add(phase, budget.now() - started)
 
     def summary(self) -> str:
         """'tokenizer 12s, tokenization 20s, compile 31s, training 7m02s, ...'"""

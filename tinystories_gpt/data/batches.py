@@ -1,4 +1,4 @@
-"""Tokens -> windows: the batches the model sees, drawn from a split's flat token array.
+"""Tokens -> windows -> batches: what the model sees, drawn from a split's flat token array.
 
 - `WindowSampler`: training batches, in shuffled epochs, resumable exactly, split across processes.
 - `fixed_eval_batches`: the same random windows at every evaluation, so evaluations compare.
@@ -70,11 +70,6 @@ class WindowSampler:
         return {"seed": self.seed, "epoch_rng": self._epoch_rng_state, "epoch_cursor": self._cursor}
 
     def load_state_dict(self, state: dict) -> None:
-        if "epoch_rng" not in state:
-            raise ValueError(
-                "this checkpoint's data sampler comes from an older tinystories-gpt that drew windows with "
-                "replacement and cannot be continued exactly; start a new run instead of --resume"
-            )
         self.seed = state["seed"]
         self._rng.bit_generator.state = state["epoch_rng"]
         self._new_epoch()

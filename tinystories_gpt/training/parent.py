@@ -1,12 +1,12 @@
 """`--init_from`: start a run from a trained model (the parent) instead of random weights.
 
-    a folder of ours (train.py's best/, a convert.py output) ──────────────────────────┐
-    a Hub id (of ours or of a GPT-2 export), fetched once with snapshot_download ────────┤
-    a GPT-2 export (GPT2LMHeadModel folder) ─────────── conversion.import_gpt2 ─────────┼──> our model + tokenizer
-    a training checkpoint (checkpoints/step_N) ──────── conversion.convert_training_checkpoint
-    a nanoGPT or seed checkpoint file (.pt) ─────────── conversion.convert_nanogpt ─────┘
+    a folder of ours (train.py's best/, a convert.py output) ─────────────────────────┐
+    a Hub id (of ours or of a GPT-2 export), fetched once with snapshot_download ───────┤
+    a GPT-2 export (GPT2LMHeadModel folder) ─────────── export/gpt2.py import_gpt2 ────┼──> our model + tokenizer
+    a training checkpoint (checkpoints/step_N) ──────── export/nanogpt.py ─────────────┤
+    a nanoGPT or seed checkpoint file (.pt) ─────────── export/nanogpt.py ─────────────┘
 
-Conversions write into a temporary folder through conversion.py, so each parent is checked by logits exactly as
+Conversions write into a temporary folder through export/, so each parent is checked by logits exactly as
 `convert.py` checks it. The parent fixes the architecture and the tokenizer (the ids must mean what its embeddings
 learnt): shape flags may only repeat its values, except block_size, which may be lowered (the position table is cut,
 as nanoGPT's crop_block_size does); dropout stays the run's choice.
@@ -20,20 +20,15 @@ import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
+from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
+from ..data.tokenization import load_tokenizer, tokenizer_fingerprint
+from ..export.gpt2 import import_gpt2
+from ..export.nanogpt import convert_nanogpt, convert_training_checkpoint, load_torch_checkpoint, split_checkpoint
+from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .arguments import DataArguments, ModelArguments, model_config
-from .configuration_tinystories_gpt import TinyStoriesGPTConfig
-from .conversion import (
-    convert_nanogpt,
-    convert_training_checkpoint,
-    import_gpt2,
-    load_torch_checkpoint,
-    split_checkpoint,
-)
 from .lora import add_lora_adapters, checkpoint_adapters, describe_lora
-from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
-from .tokenization import load_tokenizer, tokenizer_fingerprint
 
 # Shape fields a flag may only repeat; block_size may also be lowered
 FIXED_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "bias")
@@ -73,7 +68,7 @@ def build_model(
 ) -> PreTrainedModel:
     """The model a run trains: fresh from the arguments, or the parent (with LoRA adapters when `lora_r` is set)."""
     if parent is None:
-        return TinyStoriesGPTForCausalLM._from_config(
+        return AutoModelForCausalLM.from_config(
             model_config(model_args, tokenizer), attn_implementation=model_args.attn_implementation
         )
     return add_lora_adapters(parent, model_args) if model_args.lora_r else parent

@@ -15,8 +15,6 @@ source model's float64 logits within the outtype's tolerance.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import gguf
@@ -24,17 +22,11 @@ import numpy as np
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from .conversion import (
-    check_logits,
-    float64_logits,
-    load_any_model,
-    load_config,
-    probe_input_ids,
-    reference_logits,
-    to_gpt2,
-    transpose_conv1d,
-)
-from .modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
+from ..files import check_output
+from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
+from .checks import check_logits, float64_logits, probe_input_ids, reference_logits, save_checked
+from .gpt2 import load_as_ours, to_gpt2, transpose_conv1d
+from .hub import load_config
 
 ARCHITECTURE = gguf.MODEL_ARCH.GPT2
 OUTTYPES = {
@@ -57,16 +49,15 @@ def export_gguf(
     `outtype` is f32, f16 or q8_0 (q8_0 needs n_embd divisible by 32). The file is checked by reading it back
     before it replaces anything at `output_path`.
     """
-    output_path = check_output_file(output_path, overwrite)
+    output_path = check_output(output_path, overwrite, folder=False)
     tensor_type, file_type = check_outtype(outtype)
     check_model_fits(load_config(model_dir), tensor_type, outtype)  # before the weights load: a refusal is instant
-    model, tokenizer = load_any_model(model_dir)
+    model, tokenizer = load_as_ours(model_dir)
     tensors = gguf_tensors(model)
     names = gguf_names(tensors, model.config.n_layer)
-    fd, staging = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".tmp", dir=output_path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(staging, gguf.MODEL_ARCH_NAMES[ARCHITECTURE])
+
+    def write(partial: Path) -> None:
+        writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[ARCHITECTURE])
         add_hyperparameters(writer, model, file_type)
         add_vocabulary(writer, tokenizer, model_dir, model.config.vocab_size)
         for name, array in tensors.items():
@@ -75,26 +66,18 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        check_gguf_logits(staging, {gguf_name: name for name, gguf_name in names.items()}, model, outtype)
-        os.replace(staging, output_path)
-    finally:
-        Path(staging).unlink(missing_ok=True)
-    return output_path
+
+    our_names = {gguf_name: name for name, gguf_name in names.items()}
+    return save_checked(
+        output_path,
+        overwrite,
+        write=write,
+        check=lambda partial: check_gguf_logits(partial, our_names, model, outtype),
+        folder=False,
+    )
 
 
 # 1. Refusing what llama.cpp would not run --------------------------------------------------------------------
-
-
-def check_output_file(output_path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing file (unless `overwrite`) or a folder at `output_path`, before any slow work."""
-    output_path = Path(output_path).absolute()
-    if output_path.is_dir():
-        raise ValueError(f"output path {output_path} is a folder; pass a file name such as model.gguf")
-    if output_path.exists() and not overwrite:
-        raise ValueError(f"output file {output_path} already exists; pass overwrite=True (--overwrite) to replace it")
-    if not output_path.parent.is_dir():
-        raise FileNotFoundError(f"folder {output_path.parent} does not exist; create it or pick another output path")
-    return output_path
 
 
 def check_outtype(outtype: str) -> tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]:

@@ -11,26 +11,29 @@ A Hub-ready folder holds everything `from_pretrained` and the Hub page need, wit
     README.md                          the model card, rendered from model_card.md
     loss_curve.png                     when a loss curve is given
 
-Training writes its best model with `save_hub_folder`; the converters in conversion.py write theirs with
-`staged_folder` + `write_hub_folder`, so that they can check the written files before they replace anything.
+Training writes its best model with `save_hub_folder`; the converters write theirs with `write_hub_folder` into a
+staging folder (export/checks.py), so that they check the written files before they replace anything.
 """
 
-import ctypes
-import errno
 import math
-import os
-import secrets
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from .evaluation import TEMPERATURE, TOP_K
-from .faults import removed_on_failure
-from .tokenization import check_vocab_fits
+from ..data.tokenization import check_vocab_fits
+from ..evaluation.stories import story_generation_config
+from ..files import check_output, replacing_folder
 
 TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card.md")  # the repo's top-level model_card.md links here
 LICENSE = "mit"
@@ -39,94 +42,9 @@ LOSS_CURVE_NAME = "loss_curve.png"
 HUB_FOLDER_FILES = ("config.json", "model.safetensors", "generation_config.json", "README.md")
 # What the saved code needs, for the card: the same as pyproject.toml's (a test keeps them equal)
 TRANSFORMERS_REQUIREMENT = "transformers>=5.24,<6"
-PROMPT_ROOM = 4  # a generation default must leave part of the context for the prompt
-AT_FDCWD, RENAME_EXCHANGE = -100, 2  # from Linux's <fcntl.h> and <linux/fs.h>
 
 
-# 1. Writing a folder without ever leaving a half-written one --------------------------------------------------
-
-
-def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing `output_dir` unless `overwrite`; called before any slow work."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise ValueError(f"output folder {output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output path {output_dir} is a file, not a folder; pick another output folder")
-    return output_dir
-
-
-@contextmanager
-def staged_folder(output_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty sibling folder to write into; when the block succeeds it takes `output_dir`'s place.
-
-    If the block raises, the staged folder is deleted and `output_dir` is left as it was (a full disk raises
-    DiskFull). An existing `output_dir` (allowed only with `overwrite`) is swapped with the new folder in one
-    atomic step, so a reader always finds the old complete folder or the new one, never none; the folder is a
-    plain directory (no symlink), created with the usual permissions (the umask's, like `mkdir`).
-    """
-    output_dir = check_output_dir(output_dir, overwrite).absolute()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.with_name(f".{output_dir.name}.{secrets.token_hex(4)}.tmp")
-    staging.mkdir()
-    with removed_on_failure(staging, f"the folder {output_dir.name}"):
-        yield staging
-        give_usual_permissions(staging)
-    if not output_dir.exists():
-        os.replace(staging, output_dir)
-    elif exchange_paths(staging, output_dir):
-        shutil.rmtree(staging)  # now the old folder
-    else:  # no atomic swap on this filesystem: move aside, rename in (a run killed in between is repaired later)
-        aside = output_dir.with_name(f".{output_dir.name}.{secrets.token_hex(4)}.old")
-        aside.mkdir()
-        os.replace(output_dir, aside / output_dir.name)
-        os.replace(staging, output_dir)
-        shutil.rmtree(aside)
-
-
-def give_usual_permissions(folder: Path) -> None:
-    """The modes `mkdir` and `open` give under the umask, for a folder meant to be shared: safetensors writes its
-    files readable by their owner only."""
-    umask = os.umask(0)  # the only way to read it (and the value is put straight back)
-    os.umask(umask)
-    for path in (folder, *folder.rglob("*")):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def exchange_paths(first: Path, second: Path) -> bool:
-    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where the system or filesystem
-    cannot (Python has no binding for it, hence ctypes)."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:  # not Linux, or a C library older than glibc 2.28
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a kernel or filesystem without the flag
-        return False
-    raise OSError(code, os.strerror(code), str(first), None, str(second))
-
-
-# 2. The folder's contents -------------------------------------------------------------------------------------
-
-
-def story_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
-    """Sampling defaults for stories that fit the model's context and stop at end-of-text."""
-    config = model.config
-    eos_token_id = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id
-    return GenerationConfig(
-        do_sample=True,
-        temperature=TEMPERATURE,
-        top_k=TOP_K,
-        # The model refuses prompt + new tokens beyond block_size, so a default of block_size new tokens would
-        # fail for every prompt; three quarters leaves room for a sentence-long prompt.
-        max_new_tokens=max(1, min(config.block_size - PROMPT_ROOM, config.block_size * 3 // 4)),
-        bos_token_id=config.bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-    )
+# 1. The folder's contents -------------------------------------------------------------------------------------
 
 
 def eval_results(metrics: dict | None, dataset_id: str | None) -> list[EvalResult]:
@@ -306,12 +224,13 @@ def save_hub_folder(
     `contents` are `write_hub_folder`'s keywords (metrics, training, loss_curve, samples, ...); `overwrite`
     replaces an existing `output_dir`, only once the new folder is complete.
     """
-    with staged_folder(output_dir, overwrite) as staging:
+    path = check_output(output_dir, overwrite)
+    with replacing_folder(path, f"the folder {path.name}") as staging:
         write_hub_folder(model, tokenizer, staging, **contents)
     return Path(output_dir)
 
 
-# 3. Loading and upload ---------------------------------------------------------------------------------------
+# 2. Loading and upload ---------------------------------------------------------------------------------------
 
 
 def load_model_and_tokenizer(model_id: str | Path, trust_remote_code: bool = False, device: str = "cpu"):
@@ -325,6 +244,38 @@ def load_model_and_tokenizer(model_id: str | Path, trust_remote_code: bool = Fal
             f"tokenizer, nor a reachable Hub repo ({error}). Pass the folder train.py wrote (e.g. out/quickstart/best)."
         ) from error
     return model.to(device).eval(), tokenizer
+
+
+def load_config(model_dir: str | Path) -> PretrainedConfig:
+    """The config of a saved model folder, with an error that says what to pass when it holds none."""
+    model_dir = Path(model_dir)
+    # Checked first: AutoConfig would take a path that is not a folder for a Hub repo id.
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json; pass a folder written by save_pretrained")
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except ValueError:
+        raise ValueError(
+            f"{model_dir}/config.json names no model type this Transformers knows; pass a folder written by "
+            "save_pretrained (train.py's best/, or a convert.py output)"
+        ) from None
+
+
+def load_pretrained(model_dir: str | Path, model_class: type[PreTrainedModel], model_type: str):
+    """(model in float32, tokenizer) from a saved folder, after checking it holds a `model_type` model."""
+    config = load_config(model_dir)
+    if config.model_type != model_type:
+        raise ValueError(
+            f"{model_dir} holds a {config.model_type!r} model, not {model_type!r}; pick the other conversion"
+        )
+    model = model_class.from_pretrained(model_dir, config=config, dtype=torch.float32).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"{model_dir} holds no loadable tokenizer ({error}); save one beside the model"
+        ) from None
+    return model, tokenizer
 
 
 def check_hub_folder(model_dir: str | Path) -> Path:
@@ -371,6 +322,5 @@ __all__ = [
     "push_to_hub",
     "render_model_card",
     "save_hub_folder",
-    "staged_folder",
     "write_hub_folder",
 ]

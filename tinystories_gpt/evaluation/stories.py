@@ -1,0 +1,58 @@
+"""Stories: the seed's prompt, how a model samples them by default (saved with it as generation_config.json), and
+sample stories written while a model trains."""
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+SEED_PROMPT = "Once upon a time there was a pumpkin."
+# Stories want variety but not nonsense: nanoGPT's sample.py defaults, also saved as the model's generation_config.
+TEMPERATURE = 0.8
+TOP_K = 200
+PROMPT_ROOM = 4  # a generation default must leave part of the context for the prompt
+
+
+def story_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """Sampling defaults for stories that fit the model's context and stop at end-of-text."""
+    config = model.config
+    eos_token_id = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id
+    return GenerationConfig(
+        do_sample=True,
+        temperature=TEMPERATURE,
+        top_k=TOP_K,
+        # The model refuses prompt + new tokens beyond block_size, so a default of block_size new tokens would
+        # fail for every prompt; three quarters leaves room for a sentence-long prompt.
+        max_new_tokens=max(1, min(config.block_size - PROMPT_ROOM, config.block_size * 3 // 4)),
+        bos_token_id=config.bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
+@torch.no_grad()
+def sample_stories(model, tokenizer, num_samples: int, seed: int, prompt: str = SEED_PROMPT) -> list[str]:
+    """Sampled continuations of the prompt, drawn from a private RNG so training's random stream is untouched."""
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    max_new_tokens = model.config.block_size - prompt_ids.shape[1]
+    if num_samples == 0 or max_new_tokens <= 0:
+        return []
+    was_training = model.training
+    model.eval()
+    # eager even under --compile: each new sequence length would otherwise cost a recompilation
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.compiler.set_stance("force_eager"),
+    ):
+        torch.manual_seed(seed)
+        generated = model.generate(
+            prompt_ids.expand(num_samples, -1),
+            attention_mask=torch.ones_like(prompt_ids).expand(num_samples, -1),
+            do_sample=True,
+            temperature=TEMPERATURE,
+            top_k=TOP_K,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    model.train(was_training)
+    return [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]

@@ -1,0 +1,240 @@
+"""A run as the loop holds it (`Run`), and how one is set up: the data, the model and optimizer, the state to resume.
+
+`set_up` is the first stage of `loop.train`: it tokenizes the data (once, by the main process; the others reuse the
+cache), builds the model (fresh, or `--init_from`'s parent with LoRA adapters if asked), prepares model and
+optimizer with Accelerate, loads the newest checkpoint on `--resume`, and prints what the run will do.
+"""
+
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
+from ..data.batches import DeviceBatches, WindowSampler, fixed_eval_batches
+from ..data.token_files import TokenFile, prepare_data
+from .arguments import DataArguments, ModelArguments, TrainingArguments
+from .budget import TimeBudget, format_seconds
+from .checkpoints import RunState, check_checkpoint_matches, newest_checkpoint, prepare_output_dir
+from .distributed import engine_name, is_sharded
+from .hardware import can_compile, peak_flops
+from .lora import check_checkpoint_adapters
+from .memory import check_fits_in_memory
+from .optimization import build_optimizer
+from .parent import build_model, describe_start, load_parent
+from .records import PhaseClock, Throughput, model_flops_per_token, truncate_metrics
+
+
+@dataclass
+class TrainingData:
+    """The tokenized splits as the loop uses them."""
+
+    tokenizer: PreTrainedTokenizerFast
+    train_tokens: int
+    train_sampler: WindowSampler
+    train_eval_batches: list
+    held_out_batches: list  # fixed windows of the dev split if there is one, else of the validation split
+    held_out_name: str  # "dev" or "val", the records' key prefix
+    held_out_source: str  # the held-out split in words, for the card
+    val_split: TokenFile
+    hub_id: str | None
+    validation_source: str
+    seconds: dict[str, float]
+
+
+@dataclass
+class Run:
+    """One training run: what it was told, the engine, the data, the model, and the state a checkpoint keeps."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    args: TrainingArguments  # under --max_time, max_iters is None until the run has chosen it
+    accelerator: Accelerator
+    data: TrainingData
+    config: TinyStoriesGPTConfig
+    model: torch.nn.Module  # prepared by Accelerate: wrapped under DDP and FSDP
+    optimizer: torch.optim.Optimizer
+    state: RunState
+    budget: TimeBudget | None
+    throughput: Throughput
+    clock: PhaseClock
+    from_parent: bool  # --init_from: the parent is evaluated at step 0
+    progress: tqdm | None = None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.throughput.tokens_per_step
+
+    def done(self) -> bool:
+        return self.args.max_iters is not None and self.state.step >= self.args.max_iters
+
+    def evaluation_due(self) -> bool:
+        return self.state.step % self.args.eval_interval == 0 or self.state.step == self.args.max_iters
+
+    def checkpoint_due(self) -> bool:
+        return self.state.step % self.args.checkpoint_interval == 0 or self.state.step == self.args.max_iters
+
+    def fix_max_iters(self, max_iters: int) -> None:
+        """From here on, exactly the run that was given this max_iters (saved with the checkpoints)."""
+        self.state.chosen_max_iters = max_iters
+        self.args = replace(self.args, max_iters=max_iters)
+        if self.progress is not None:
+            self.progress.total = max_iters
+
+
+def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: DataArguments, args) -> Run:
+    """Everything before the first step, in order; the output folder is already held by this run."""
+    clock = PhaseClock()
+    prepare_output_dir(args, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    set_seed(args.seed)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if model_args.lora_r and is_sharded(accelerator):  # merging and resuming adapters need the whole model
+        raise ValueError(
+            "--lora_r under FSDP is not supported: LoRA trains a few adapters on a model that fits one device, so "
+            "launch it with configs/accelerate/ddp.yaml or as one process."
+        )
+
+    # the data and tokenizer (built once by the main process, reused from the cache by the others); a parent
+    # (--init_from) fixes the model's shape and the tokenizer first
+    with accelerator.main_process_first():
+        parent = load_parent(model_args, data_args)  # fills in the shape flags a parent fixes
+        check_fits_in_memory(model_args, data_args, args, accelerator.device)  # before any data work
+        data = load_training_data(data_args, model_args, args, accelerator)
+    for phase, seconds in data.seconds.items():
+        clock.add(phase, seconds)
+
+    # the model and optimizer, prepared by Accelerate
+    model = build_model(model_args, data.tokenizer, parent)
+    if parent is not None:
+        accelerator.print(describe_start(model, model_args))
+    config, n_params = model.config, model.num_parameters()
+    optimizer = build_optimizer(model, args, fused=accelerator.device.type == "cuda")
+    if args.compile and can_compile(accelerator):
+        model.compile()  # in place, unlike torch.compile(model): checkpoints keep their plain key names
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = RunState(DeviceBatches(data.train_sampler, accelerator.device))
+    accelerator.register_for_checkpointing(state)
+    tokens_per_step = args.batch_size * args.gradient_accumulation_steps * config.block_size * accelerator.num_processes
+
+    budget = TimeBudget(args.max_time, args.warmup_steps, step_cap=args.max_iters) if args.max_time else None
+    run = Run(
+        model_args=model_args,
+        data_args=data_args,
+        args=replace(args, max_iters=None) if budget else args,  # chosen after the warm-up's first steps
+        accelerator=accelerator,
+        data=data,
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        state=state,
+        budget=budget,
+        throughput=Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device)),
+        clock=clock,
+        from_parent=parent is not None,
+    )
+    print_plan(run, n_params)
+    if args.resume:
+        resume(run)
+    if budget:
+        budget.check_started_in_time()
+        if state.chosen_max_iters is not None:  # as the resumed run chose it
+            run.fix_max_iters(state.chosen_max_iters)
+    accelerator.init_trackers("tinystories-gpt", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
+    return run
+
+
+def load_training_data(
+    data_args: DataArguments, model_args: ModelArguments, args: TrainingArguments, accelerator: Accelerator
+) -> TrainingData:
+    """Tokenize (or reuse) both splits; each process samples its own share of every batch."""
+    prepared = prepare_data(
+        data_args.dataset,
+        data_args.tokenizer,
+        cache_dir=data_args.cache_dir,
+        validation_split_percentage=data_args.validation_split_percentage,
+        num_proc=data_args.num_proc,
+        dev_stories=data_args.dev_stories,
+    )
+    train_tokens, held_out_tokens = prepared.train.tokens(), (prepared.dev or prepared.validation).tokens()
+    block_size, batch_size, eval_batch_size = model_args.block_size, args.batch_size, args.eval_batch_size
+    return TrainingData(
+        tokenizer=prepared.tokenizer,
+        train_tokens=prepared.train.num_tokens,
+        train_sampler=WindowSampler(
+            train_tokens, block_size, batch_size, args.seed, accelerator.process_index, accelerator.num_processes
+        ),
+        # every process builds the same fixed lists; estimate_loss gives each its share
+        train_eval_batches=fixed_eval_batches(
+            train_tokens, block_size, eval_batch_size, args.eval_iters, args.seed + 1
+        ),
+        held_out_batches=fixed_eval_batches(
+            held_out_tokens, block_size, eval_batch_size, args.eval_iters, args.seed + 2
+        ),
+        held_out_name="dev" if prepared.dev else "val",
+        held_out_source=(
+            f"the dev split (the last {data_args.dev_stories} train stories of {data_args.dataset}, held out)"
+            if prepared.dev
+            else prepared.validation_source
+        ),
+        val_split=prepared.validation,
+        hub_id=prepared.hub_id,
+        validation_source=prepared.validation_source,
+        seconds=prepared.seconds,
+    )
+
+
+def final_pass_batches(run: Run) -> int:
+    """The batches of the final pass over the whole validation split."""
+    return math.ceil(run.data.val_split.num_tokens / (run.config.block_size * run.args.eval_batch_size))
+
+
+def print_plan(run: Run, n_params: int) -> None:
+    """The model, the effective batch, the token budget and the device, before the first step."""
+    config, args, accelerator = run.config, run.args, run.accelerator
+    if run.budget:
+        cap = run.budget.step_cap
+        plan = (
+            f"time budget: {format_seconds(args.max_time)} from the start of the process; max_iters is chosen after "
+            f"{run.budget.decision_step} steps from the measured speed" + (f" (at most {cap:,})" if cap else "")
+        )
+    else:
+        plan = f"token budget: {token_budget(args.max_iters, run.tokens_per_step, run.data.train_tokens)}"
+    accelerator.print(
+        f"model: {n_params / 1e6:.2f}M parameters, {config.n_layer} layers x {config.n_head} heads x "
+        f"{config.n_embd} wide, context {config.block_size}, vocabulary {config.vocab_size}\n"
+        f"effective batch: {args.batch_size} sequences x {args.gradient_accumulation_steps} accumulation x "
+        f"{accelerator.num_processes} processes = {run.tokens_per_step:,} tokens per optimizer step\n"
+        f"{plan}\n"
+        f"device: {accelerator.device}, mixed precision: {accelerator.mixed_precision}, "
+        f"engine: {engine_name(accelerator)}, processes: {accelerator.num_processes}"
+    )
+
+
+def token_budget(max_iters: int, tokens_per_step: int, train_tokens: int) -> str:
+    """'3,400 steps x 2,048 = 6,963,200 tokens (9.5 epochs of 735,360 training tokens)'"""
+    tokens = max_iters * tokens_per_step
+    return (
+        f"{max_iters:,} steps x {tokens_per_step:,} = {tokens:,} tokens "
+        f"({tokens / max(train_tokens, 1):.1f} epochs of {train_tokens:,} training tokens)"
+    )
+
+
+def resume(run: Run) -> None:
+    """Load the newest checkpoint (model, optimizer, RNGs, run state) and drop the records written after it."""
+    checkpoint = newest_checkpoint(run.args.checkpoints_dir)
+    check_checkpoint_matches(checkpoint, run.config)
+    check_checkpoint_adapters(checkpoint, run.accelerator.unwrap_model(run.model))
+    run.accelerator.load_state(str(checkpoint))
+    if run.accelerator.is_main_process:
+        truncate_metrics(run.output_dir / "metrics.jsonl", run.state.step)
+    run.accelerator.print(f"resumed from {checkpoint} at step {run.state.step}")
