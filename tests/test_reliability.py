@@ -9,10 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import matplotlib.figure
 import psutil
@@ -21,22 +19,20 @@ import torch
 from accelerate import Accelerator
 from filelock import FileLock
 from runs import REPO, assert_same_tensors, losses, run_cli, tiny_args
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM, files
+from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
 from tinystories_gpt.cli import convert as convert_cli
 from tinystories_gpt.cli import evaluate as evaluate_cli
 from tinystories_gpt.cli import generate as generate_cli
 from tinystories_gpt.cli import train as train_cli
 from tinystories_gpt.data import token_files
 from tinystories_gpt.data.token_files import remove_dead_scratch
-from tinystories_gpt.data.tokenization import GPT2_TOKENIZER_DIR, load_gpt2_tokenizer
+from tinystories_gpt.data.tokenization import GPT2_TOKENIZER_DIR
 from tinystories_gpt.export import hub
-from tinystories_gpt.export.hub import save_hub_folder
 from tinystories_gpt.export.nanogpt import convert_training_checkpoint
-from tinystories_gpt.files import DiskFull, appending, folder_damage, is_disk_full, removed_on_failure
+from tinystories_gpt.files import DiskFull, folder_damage
 from tinystories_gpt.signals import Stopped
 from tinystories_gpt.training import evaluations, lora
 from tinystories_gpt.training.checkpoints import LOCK_FILE, remove_leftovers, take_run_lock
@@ -393,25 +389,6 @@ def test_a_full_disk_anywhere_removes_the_partial_file_and_says_so(tmp_path, mon
         assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""  # cut back: no torn line
 
 
-def test_full_disk_errors_are_recognised_however_libraries_report_them(tmp_path, monkeypatch):
-    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
-    assert is_disk_full(SafetensorError("I/O error: No space left on device (os error 28)"), tmp_path)
-    short_write = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
-    assert not is_disk_full(short_write, tmp_path)  # space left: some other fault
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
-    assert is_disk_full(short_write, tmp_path)  # PyTorch's writer keeps no errno: a full filesystem tells
-    assert not is_disk_full(KeyboardInterrupt(), tmp_path)
-
-
-def test_an_append_that_fails_leaves_the_file_as_it_was(tmp_path):
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text('{"step": 4}\n')
-    with pytest.raises(DiskFull, match="a line could not be written"), appending(metrics, "a line") as file:
-        file.write('{"step": 8, "train_loss"')
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    assert metrics.read_text() == '{"step": 4}\n'
-
-
 def tmpfs(path: Path, size: str):
     path.mkdir()
     if subprocess.run(
@@ -470,45 +447,6 @@ def test_leftovers_of_a_dead_run_are_removed_and_a_best_moved_aside_is_put_back(
         "checkpoints/.step_3.tmp",
     ]
     assert (run / "best" / "config.json").is_file() and (run / "notes.tmp").is_file()
-
-
-def test_best_is_replaced_without_a_gap_with_the_usual_permissions(tmp_path, monkeypatch):
-    model = TinyStoriesGPTForCausalLM(TinyStoriesGPTConfig(block_size=16, n_layer=1, n_head=1, n_embd=8))
-    tokenizer, best = load_gpt2_tokenizer(), tmp_path / "best"
-    save_hub_folder(model, tokenizer, best)
-    gaps, done = [], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            if not (best / "config.json").is_file():
-                gaps.append(time.monotonic())
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        for _ in range(5):
-            save_hub_folder(model, tokenizer, best, overwrite=True)
-    finally:
-        done.set()
-        watcher.join()
-    assert gaps == []
-    umask = os.umask(0)
-    os.umask(umask)
-    assert not best.is_symlink() and (best.stat().st_mode & 0o777) == 0o777 & ~umask
-    assert ((best / "model.safetensors").stat().st_mode & 0o777) == 0o666 & ~umask  # safetensors writes 0600
-    assert [path.name for path in tmp_path.iterdir()] == ["best"]
-
-    monkeypatch.setattr(files, "exchange_paths", lambda first, second: False)  # a filesystem that cannot swap
-    save_hub_folder(model, tokenizer, best, overwrite=True)
-    assert [path.name for path in tmp_path.iterdir()] == ["best"] and (best / "config.json").is_file()
-
-
-def test_removed_on_failure_removes_and_reraises(tmp_path):
-    partial = tmp_path / "partial"
-    with pytest.raises(KeyError), removed_on_failure(partial, "it"):
-        partial.mkdir()
-        raise KeyError("not about space")
-    assert not partial.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
