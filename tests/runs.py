@@ -165,3 +165,53 @@ def without(argv: list[str], flag: str) -> list[str]:
     """`argv` less one flag and its value."""
     index = argv.index(flag)
     return argv[:index] + argv[index + 2 :]
+
+
+class FakeClock:
+    """The run's clock (`training.budget.now`) for the budget's logic: time moves only while a training micro-batch
+    is computed, by `seconds_per_micro_batch`, so every duration the run measures is known in advance and nothing
+    depends on how busy the machine is."""
+
+    START = 1_000_000.0
+
+    def __init__(self, seconds_per_micro_batch: float):
+        self.seconds = self.START
+        self.seconds_per_micro_batch = seconds_per_micro_batch
+
+    def __call__(self) -> float:
+        return self.seconds
+
+    def elapsed(self) -> float:
+        return self.seconds - self.START
+
+    def install(self, patch: Callable[[object, str, object], None]) -> None:
+        """Put the clock in place through `patch(module, name, value)` (monkeypatch.setattr, or setattr)."""
+        from tinystories_gpt.training import budget, loop
+
+        real_loss = loop.next_token_loss
+
+        def timed_loss(model, input_ids, labels):
+            self.seconds += self.seconds_per_micro_batch
+            return real_loss(model, input_ids, labels)
+
+        patch(budget, "now", self)
+        patch(budget, "process_start_time", lambda: self.START)
+        patch(loop, "next_token_loss", timed_loss)
+
+
+FAKE_CLOCK_TRAIN = """
+import sys
+sys.path.insert(0, {tests!r})
+from runs import FakeClock
+from tinystories_gpt.cli.train import main
+
+FakeClock({seconds!r}).install(setattr)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def fake_clock_script(folder: Path, seconds_per_micro_batch: float) -> Path:
+    """A train.py for a subprocess (or several, under torchrun) that runs on a FakeClock."""
+    script = folder / "train_on_a_fake_clock.py"
+    script.write_text(FAKE_CLOCK_TRAIN.format(tests=str(Path(__file__).parent), seconds=seconds_per_micro_batch))
+    return script

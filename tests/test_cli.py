@@ -39,6 +39,7 @@ def dataset(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_evaluate_matches_a_direct_computation(saved_model, dataset, capsys, tmp_path):
     assert evaluate_cli.main([str(saved_model), "--dataset", str(dataset), "--json", "--cache_dir", str(tmp_path)]) == 0
     figures = json.loads(capsys.readouterr().out)
@@ -66,6 +67,7 @@ def test_evaluate_missing_model_folder_is_a_clear_error(dataset, tmp_path, capsy
     assert "cannot load a model from" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generate_with_a_seed_is_reproducible(saved_model, capsys):
     argv = [str(saved_model), "--prompt", "Once upon a time", "--max_new_tokens", "12", "--seed", "3"]
     assert generate_cli.main(argv) == 0
@@ -112,6 +114,7 @@ def test_generate_missing_model_folder(tmp_path, capsys):
     assert "cannot load a model from" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_runs_from_an_installed_wheel_outside_the_checkout(saved_model, dataset, tmp_path, capsys):
     """The wheel carries everything the command needs (the metric, the card template, the GPT-2 tokenizer)."""
     wheels = tmp_path / "wheels"

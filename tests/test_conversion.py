@@ -120,6 +120,7 @@ def save(obj, path: Path) -> Path:
 # nanoGPT checkpoints -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nanogpt_checkpoint_converts_to_a_hub_ready_folder_with_the_same_logits(tmp_path):
     state_dict = nanogpt_state_dict()
     out = convert_nanogpt(save(nanogpt_checkpoint(state_dict), tmp_path / "ckpt.pt"), tmp_path / "hf")
@@ -223,6 +224,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     assert "unexpected keys: transformer.h.0.attn.rotary.weight" in str(error.value)
 
 
+@pytest.mark.slow
 def test_shapes_that_disagree_are_refused(tmp_path):
     state_dict = nanogpt_state_dict()
     checkpoint = save(nanogpt_checkpoint(state_dict), tmp_path / "ckpt.pt")
@@ -267,6 +269,7 @@ def test_failed_logits_check_writes_nothing(tmp_path, monkeypatch):
 # Training checkpoints ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_accelerate_training_checkpoint_converts(tmp_path):
     """The layout training.save_checkpoint writes: save_state's model.safetensors, config.json, tokenizer/."""
     from accelerate import Accelerator
@@ -309,6 +312,7 @@ def test_training_checkpoint_without_config_or_tokenizer(tmp_path):
 # GPT-2 ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias", [True, False])
 def test_gpt2_export_and_back_keep_the_logits(tmp_path, bias):
     state_dict = nanogpt_state_dict(bias=bias)
@@ -351,6 +355,7 @@ def run_convert(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "convert.py"), *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_converts_and_reports_bad_input_in_one_line(tmp_path):
     checkpoint = save(nanogpt_state_dict(), tmp_path / "best_model_params.pt")
     result = run_convert("nanogpt", str(checkpoint), str(tmp_path / "hf"), "--n_head", "2")

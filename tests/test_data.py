@@ -310,6 +310,7 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(story_folder, t
     assert not list(tmp_path.glob(".*.tmp"))  # the dead build's scratch went with the next build
 
 
+@pytest.mark.slow
 def test_prepared_bundled_sample_with_a_byte_tokenizer(tmp_path):
     prepared = prepare_data(SAMPLE_DATA, "bpe:256", cache_dir=tmp_path)
     assert len(prepared.tokenizer) == 257

@@ -39,6 +39,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, str]:
     return work / "run", result.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_accumulation(ddp_run, tmp_path):
     """2 processes x accumulation 1 update the weights as 1 process x accumulation 2 does, on the same windows."""
     run, stdout = ddp_run
@@ -56,6 +57,7 @@ def test_two_processes_match_one_process_with_accumulation(ddp_run, tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_fsdp_really_shards_and_trains_what_ddp_trains(ddp_run, tmp_path):
     """The shipped FSDP config on CPUs is FSDP2 (not a silent DDP): sharded checkpoints, the same model as DDP,
     best/ gathered into one loadable folder, and --resume from a sharded checkpoint."""
@@ -85,6 +87,7 @@ def test_fsdp_really_shards_and_trains_what_ddp_trains(ddp_run, tmp_path):
         assert torch.equal(tensor, uninterrupted[name]), name
 
 
+@pytest.mark.slow
 def test_two_launchers_as_two_machines_match_two_processes(ddp_run, tmp_path):
     """The multi-node launch the README documents, as two launchers on this machine (one process each)."""
     argv = tiny_args(tmp_path, *RECIPE)
@@ -128,6 +131,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_with_the_same_message(tmp_path):
     script = tmp_path / "nan_on_rank_1.py"
     script.write_text(NAN_ON_RANK_1)
@@ -157,6 +161,7 @@ def test_shipped_accelerate_configs_load(name, distributed_type):
         assert hasattr(modeling_tinystories_gpt, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
 
 
+@pytest.mark.slow
 def test_processes_that_do_not_form_one_group_stop_at_once(tmp_path):
     """The shipped multi-GPU config without --cpu on a machine without GPUs: each process would run alone."""
     if torch.cuda.is_available():
@@ -169,6 +174,7 @@ def test_processes_that_do_not_form_one_group_stop_at_once(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_deepspeed_launch_is_refused_by_name(tmp_path):
     command = [sys.executable, str(REPO / "train.py"), *tiny_args(tmp_path)]
     environment = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}  # what `accelerate launch` sets for DeepSpeed

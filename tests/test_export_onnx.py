@@ -12,6 +12,8 @@ from exports import NEW_TOKENS, REPO, our_greedy, our_logits, prompt, side_env, 
 
 from tinystories_gpt.export.onnx import empty_cache, run_step
 
+pytestmark = pytest.mark.slow  # every test here trains a model or runs a real tool
+
 LOGITS_TOLERANCE = 1e-3  # what the issue asks; measured up to 7e-6 (both float32)
 
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 from exports import our_logits, run_side_python, side_env, validation_story
 
+pytestmark = pytest.mark.slow  # every test here trains a model or runs a real tool
+
 TOLERANCE = 1e-4  # float32 on both sides (the bridge forces eager attention); measured up to 5e-6
 
 

@@ -15,6 +15,8 @@ from exports import (
     validation_story,
 )
 
+pytestmark = pytest.mark.slow  # every test here trains a model or runs a real tool
+
 LOGITS_TOLERANCE = 1e-4  # both sides float32 through the same operations; measured 0 (bit-identical)
 
 

@@ -122,6 +122,7 @@ def metrics(run: Path) -> list[dict]:
 # Continued training from each kind of parent --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_continued_training_from_best_starts_at_the_parents_loss_and_falls(parent, my_stories, tmp_path, monkeypatch):
     batches = train_recording_batches(finetune_args(tmp_path, parent, my_stories), monkeypatch)
 
@@ -145,6 +146,7 @@ def test_continued_training_from_best_starts_at_the_parents_loss_and_falls(paren
     assert f"a full pass over a 20% hold-out of the train split of {my_stories}" in card.text  # held out automatically
 
 
+@pytest.mark.slow
 def test_continued_training_from_a_gpt2_export(parent, my_stories, tmp_path, monkeypatch):
     gpt2 = export_gpt2(parent, tmp_path / "gpt2")
     assert json.loads((gpt2 / "config.json").read_text())["model_type"] == "gpt2"
@@ -154,6 +156,7 @@ def test_continued_training_from_a_gpt2_export(parent, my_stories, tmp_path, mon
     assert metrics(tmp_path / "run")[-1]["val_loss"] < metrics(tmp_path / "run")[0]["val_loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nanogpt", "bare"])
 def test_continued_training_from_a_nanogpt_checkpoint(parent, my_stories, tmp_path, monkeypatch, kind):
     """nanoGPT's ckpt.pt (model_args inside) and a bare state dict like the seed's (its n_head given)."""
@@ -174,6 +177,7 @@ def test_continued_training_from_a_nanogpt_checkpoint(parent, my_stories, tmp_pa
     assert loss == pytest.approx(parent_loss(parent, inputs, labels), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_continued_training_from_a_hub_id_records_it_as_the_base_model(
     parent, my_stories, tmp_path, fake_hub, hf_cache
 ):
@@ -188,6 +192,7 @@ def test_continued_training_from_a_hub_id_records_it_as_the_base_model(
     assert "model.safetensors" in downloaded and "loss_curve.png" not in downloaded  # what a model needs, only
 
 
+@pytest.mark.slow
 def test_a_training_checkpoint_is_a_parent_too(parent, my_stories, tmp_path, monkeypatch):
     checkpoint = parent.parent / "checkpoints" / "step_16"
     batches = train_recording_batches(finetune_args(tmp_path, checkpoint, my_stories), monkeypatch)
@@ -253,6 +258,7 @@ def test_parents_that_cannot_be_used_are_refused(my_stories, tmp_path):
         train(*parse_args(finetune_args(tmp_path, tmp_path, my_stories)))
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_contradicting_flag_in_one_line(parent, my_stories, tmp_path):
     result = run_cli(*finetune_args(tmp_path, parent, my_stories, "--n_head", "4"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -281,6 +287,7 @@ def peft_names_to_ours(weights: dict) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_lora_trains_only_the_adapters(lora_run, parent):
     weights = load_file(lora_run / "checkpoints" / "step_8" / "model.safetensors")
     adapters = {name: tensor for name, tensor in weights.items() if ".lora_" in name}
@@ -312,6 +319,7 @@ def test_lora_best_is_the_merged_model_and_matches_base_plus_adapter(lora_run, p
     assert (config["r"], config["base_model_name_or_path"], config["peft_type"]) == (4, str(parent), "LORA")
 
 
+@pytest.mark.slow
 def test_lora_best_loads_where_peft_is_not_installed(lora_run):
     code = (
         "import sys; sys.modules['peft'] = None\n"  # importing peft now raises ImportError
@@ -347,6 +355,7 @@ def test_resume_refuses_a_checkpoint_with_other_adapters(lora_run, parent, my_st
         train(*parse_args(finetune_args(tmp_path, parent, my_stories, "--resume")))
 
 
+@pytest.mark.slow
 def test_lora_resumes_bit_for_bit_after_sigterm(parent, my_stories, tmp_path):
     """As test_training's SIGTERM test, with adapters: the same adapter weights, optimizer state and losses."""
     recipe = ["--lora_r", "4", "--lora_dropout", "0.1", "--max_iters", "12", "--checkpoint_interval", "2"]
@@ -431,6 +440,7 @@ def test_a_peft_model_continues_from_its_cache(tiny_model, keyword):
 # The preset --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_finetune_preset_runs_shortened(parent, tmp_path):
     """The README's fine-tuning command, from the tiny parent instead of the quickstart's, cut to a few steps."""
     result = run_cli(

@@ -179,6 +179,7 @@ def place_in_cache(cache: Path, repo_id: str, folder: Path) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
+@pytest.mark.slow
 def test_pull_by_repo_id_offline_without_the_package(hub_folder, model, tmp_path):
     home = tmp_path / "hf_home"
     place_in_cache(home / "hub", "user/tiny-stories", hub_folder)
@@ -198,6 +199,7 @@ def test_pull_by_repo_id_offline_without_the_package(hub_folder, model, tmp_path
 # Push: the real client against the fake Hub -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_push_then_pull_by_repo_id(hub_folder, model, fake_hub, hf_cache):
     url = push_to_hub(hub_folder, "user/tiny-stories", private=True)
 
@@ -238,6 +240,7 @@ def test_push_refuses_a_folder_that_is_not_hub_ready(tmp_path, fake_hub):
     assert fake_hub.requests == []
 
 
+@pytest.mark.slow
 def test_cli_push_reports_bad_input_in_one_line(tmp_path, hub_folder):
     result = subprocess.run(
         [sys.executable, str(REPO / "convert.py"), "push", str(hub_folder), "not-a-repo-id"],

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "tinystories_gpt"
 # The model, the file-safety rooms everyone uses, then the stages in the data's order: a module may import only
 # modules earlier in this list.
@@ -95,6 +97,7 @@ def test_the_package_folders_import_nothing_themselves():
         assert not [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)], init
 
 
+@pytest.mark.slow
 def test_the_hub_side_and_generation_load_no_data_libraries():
     code = (
         "import sys, tinystories_gpt.export.hub, tinystories_gpt.cli.generate\n"

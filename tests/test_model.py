@@ -97,6 +97,7 @@ def test_gpt2_initialisation_scales_residual_projections():
     assert torch.all(block.attn.c_attn.bias == 0) and torch.all(block.ln_1.weight == 1)
 
 
+@pytest.mark.slow
 def test_attention_backends_agree():
     model = tiny_model()
     input_ids = torch.randint(0, 101, (2, 16))
@@ -215,6 +216,7 @@ def test_bf16_weights_reload_in_bf16(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path).dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_remote_code_loads_where_the_package_cannot_be_imported(tmp_path):
     model = tiny_model(**{"vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256})
     model.save_pretrained(tmp_path / "model")
@@ -239,6 +241,7 @@ print(generator("Once upon a time", max_new_tokens=5, do_sample=False)[0]["gener
     assert lines[1].startswith("Once upon a time")
 
 
+@pytest.mark.slow
 def test_text_generation_pipeline_with_the_gpt2_tokenizer(tmp_path):
     model = tiny_model(**{"vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256})
     model.save_pretrained(tmp_path)

@@ -58,6 +58,7 @@ def train_cli_in_process(capsys, *argv: str) -> tuple[int, str]:
 # One run per output folder
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_one_is_untouched(tmp_path):
     (tmp_path / "a").mkdir()
     recipe = ["--max_iters", "2000", "--eval_interval", "10", "--checkpoint_interval", "10"]
@@ -101,6 +102,7 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
     take_run_lock(tmp_path).release()  # free again
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_message(tmp_path, capsys):
     run = tmp_path / "run"
     holder = subprocess.Popen(
@@ -126,6 +128,7 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_message(tmp_path, cap
     assert (run / "final_metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_refuse_a_busy_folder_together(tmp_path):
     """With torchrun, rank 0 takes the lock and the other rank learns of the refusal: neither trains nor hangs."""
     run = tmp_path / "run"
@@ -149,6 +152,7 @@ def test_two_processes_refuse_a_busy_folder_together(tmp_path):
 # Clean stops in every phase
 
 
+@pytest.mark.slow
 def test_sigterm_while_tokenizing_ends_the_workers_and_leaves_no_scratch(tmp_path):
     """datasets' map with num_proc=2 runs two pool workers and a Manager server: none may outlive the run."""
     stories = tmp_path / "stories"
@@ -209,6 +213,7 @@ def stop_at_call(monkeypatch, name: str, call: int) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_evaluation_stops_within_a_few_batches_and_resumes_exactly(tmp_path, monkeypatch):
     """The evaluation cut short is owed: --resume does it first, so records and weights equal an unbroken run's."""
     recipe = ["--max_iters", "8", "--eval_interval", "4", "--checkpoint_interval", "8", "--eval_iters", "40"]
@@ -267,6 +272,7 @@ def truncate(path: Path) -> None:
         file.truncate(path.stat().st_size // 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, reason",
     [
@@ -302,6 +308,7 @@ def test_convert_refuses_a_damaged_checkpoint(two_checkpoints, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow
 def test_no_usable_checkpoint_and_no_checkpoint_at_all_point_to_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -397,6 +404,7 @@ def tmpfs(path: Path, size: str):
         pytest.skip("mounting a tmpfs needs CAP_SYS_ADMIN; the monkeypatched tests above cover the same code")
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_ends_the_run_in_one_line_with_nothing_partial(tmp_path):
     """On a 1.6 MB tmpfs the run fills the disk at some write (PyTorch's writer then reports no errno)."""
     disk = tmp_path / "disk"
@@ -419,6 +427,7 @@ def test_a_real_full_disk_ends_the_run_in_one_line_with_nothing_partial(tmp_path
 # Records and folders that survive a crash
 
 
+@pytest.mark.slow
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path, capsys):
     train(*parse_args(tiny_args(tmp_path, "--num_samples", "0")))
     metrics = tmp_path / "run" / "metrics.jsonl"
@@ -463,6 +472,7 @@ def test_a_malformed_jsonl_line_is_one_line_naming_it(tmp_path, capsys, hf_cache
     )
 
 
+@pytest.mark.slow
 def test_an_unknown_hub_dataset_offline_is_one_line(tmp_path, hf_cache):
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *tiny_args(tmp_path, "--dataset", "nonexistent/name")],
@@ -514,6 +524,7 @@ def test_generate_refuses_bad_sampling_before_any_output(saved_model, capsys, fl
     assert captured.out == "" and one_line(captured.err).startswith(f"generate: error: {message}")
 
 
+@pytest.mark.slow
 def test_evaluate_batch_size_0_and_a_one_story_train_split(saved_model, tmp_path, capsys):
     story = tmp_path / "one.jsonl"
     story.write_text('{"text": "Tom had a red ball."}\n')

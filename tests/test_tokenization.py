@@ -79,6 +79,7 @@ def test_training_is_deterministic(sample_stories):
     assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()
 
 
+@pytest.mark.slow
 def test_4096_bpe_on_the_local_corpus_trains_in_seconds(sample_stories):
     start = time.perf_counter()
     tokenizer = train_tokenizer(sample_stories, 4096)

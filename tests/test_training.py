@@ -16,6 +16,7 @@ from tinystories_gpt.evaluation.losses import next_token_loss
 from tinystories_gpt.training.loop import TrainingDiverged, parse_args, train
 
 
+@pytest.mark.slow
 def test_end_to_end_run_leaves_a_hub_ready_model(tmp_path):
     argv = tiny_args(tmp_path, "--max_iters", "24", "--eval_interval", "8", "--report_to", "tensorboard")
     model_args, data_args, args = parse_args(argv)
@@ -57,6 +58,7 @@ def test_an_unfinished_run_says_its_card_figures_are_interim(tmp_path, monkeypat
     assert "interim figures" in text
 
 
+@pytest.mark.slow
 def test_attention_kernel_changes_speed_not_training(tmp_path):
     """--attn_implementation eager (the quickstart's, faster on a CPU) trains the same weights as sdpa."""
     weights = {}
@@ -94,6 +96,7 @@ def test_resume_from_a_checkpoint_of_another_shape_is_refused(tmp_path):
         train(*parse_args(tiny_args(tmp_path, "--resume", "--n_embd", "64")))
 
 
+@pytest.mark.slow
 def test_checkpoint_rotation_leaves_stray_folders_alone(tmp_path):
     train(*parse_args(tiny_args(tmp_path, "--max_iters", "4")))
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -102,6 +105,7 @@ def test_checkpoint_rotation_leaves_stray_folders_alone(tmp_path):
     assert sorted(path.name for path in checkpoints.iterdir()) == ["step_12", "step_x"]
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     result = run_cli("--min_lr", "1", "--learning_rate", "0.1", "--output_dir", str(tmp_path / "x"))
     assert result.returncode == 2
@@ -109,12 +113,14 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
     """Interrupted + resumed must end with exactly the weights and optimizer of the run never interrupted."""
     recipe = ["--max_iters", "12", "--checkpoint_interval", "2", "--eval_interval", "6", "--dropout", "0.1"]
     assert_sigterm_resumes_bit_for_bit(lambda folder: tiny_args(folder, *recipe), tmp_path, last_step=12)
 
 
+@pytest.mark.slow
 def test_quickstart_preset_runs_shortened(tmp_path):
     """The README's quickstart command, its time budget capped at a few steps: it ends with a story, the time each
     phase took and the output listing."""
@@ -168,6 +174,7 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
     assert f"The last good checkpoint is {checkpoints / 'step_2'}" in str(raised.value)
 
 
+@pytest.mark.slow
 def test_compiled_training_checkpoints_resume_without_compile(tmp_path):
     """--compile trains, and its checkpoints keep the plain parameter names, so they resume without it."""
     recipe = ["--max_iters", "6", "--checkpoint_interval", "3", "--eval_interval", "3"]
@@ -180,6 +187,7 @@ def test_compiled_training_checkpoints_resume_without_compile(tmp_path):
     assert "resumed from" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_a_dev_split_is_tuned_on_and_the_validation_split_scored_once(tmp_path, capsys):
     """--dev_stories: evaluations and best/ use the dev hold-out; only the final pass sees the validation split."""
     result = train(*parse_args(tiny_args(tmp_path, "--dev_stories", "40")))
