@@ -20,15 +20,19 @@ probes for optional files (README.md, dataset_infos.json, ...) fall through clea
 `FakeHub.add_route`; `FakeHub.requests` records every request for assertions.
 
 Use the `fake_hub` fixture: it installs the hub as huggingface_hub's HTTP client for one test and restores the
-default client afterwards.
+default client afterwards. For other processes, `serve_on_loopback` answers the same routes over HTTP on
+127.0.0.1 (point HF_ENDPOINT at it).
 """
 
 import base64
 import hashlib
 import json
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from huggingface_hub.utils import httpx, set_client_factory
@@ -242,6 +246,46 @@ class FakeHub:
                 return httpx.Response(400, json={"error": f"the fake Hub does not take {item['key']} commits"})
         commit = {"commitUrl": f"{self.endpoint}/{repo.repo_id}/commit/{repo.sha}", "commitOid": repo.sha}
         return httpx.Response(200, json=commit | {"pullRequestUrl": None})
+
+
+@contextmanager
+def serve_on_loopback(hub: FakeHub) -> Iterator[str]:
+    """Serve `hub` over HTTP on a free 127.0.0.1 port for as long as the block runs; yields its endpoint URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = httpx.Request(
+                self.command,
+                f"http://{self.headers['Host']}{self.path}",
+                headers=dict(self.headers),
+                content=self.rfile.read(length) if length else b"",
+            )
+            response = hub.handle(request)
+            body = response.read()
+            self.send_response(response.status_code)
+            for name, value in response.headers.items():
+                if name.lower() not in ("content-length", "transfer-encoding", "content-encoding"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", response.headers.get("Content-Length", str(len(body))))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = answer
+
+        def log_message(self, *args) -> None:  # quiet: the hub records its requests
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 @pytest.fixture
