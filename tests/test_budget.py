@@ -17,7 +17,7 @@ from runs import FakeClock, fake_clock_script, tiny_args, without
 from safetensors.torch import load_file
 
 from tinystories_gpt.cli import train as train_cli
-from tinystories_gpt.training import loop
+from tinystories_gpt.training import run
 from tinystories_gpt.training.budget import MeasuredCosts, affordable_max_iters, remaining_seconds
 from tinystories_gpt.training.loop import parse_args, train
 
@@ -68,7 +68,7 @@ def test_a_budgeted_run_chooses_what_fits_and_ends_within_its_budget(tmp_path, m
 @pytest.mark.slow
 def test_resume_keeps_the_chosen_max_iters_and_trains_what_a_fixed_run_trains(tmp_path, monkeypatch, capsys):
     FakeClock(STEP_SECONDS / 2).install(monkeypatch.setattr)
-    real_save = loop.save_checkpoint
+    real_save = run.save_checkpoint
 
     def save_then_signal_at_step_20(accelerator, step, *args):
         result = real_save(accelerator, step, *args)
@@ -79,7 +79,7 @@ def test_resume_keeps_the_chosen_max_iters_and_trains_what_a_fixed_run_trains(tm
     broken = tmp_path / "broken"
     argv = budget_args(broken, "--max_time", "60", "--checkpoint_interval", "10", "--eval_interval", "1000")
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "save_checkpoint", save_then_signal_at_step_20)
+        patch.setattr(run, "save_checkpoint", save_then_signal_at_step_20)
         train(*parse_args(argv))
     out = capsys.readouterr().out
     chosen = chosen_max_iters(out)

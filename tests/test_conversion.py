@@ -344,8 +344,11 @@ def test_gpt2_variants_ours_cannot_represent_are_refused(tmp_path):
         import_gpt2(tmp_path / "gpt2", tmp_path / "out")
     with pytest.raises(ValueError, match="holds a 'gpt2' model, not 'tinystories_gpt'; pick the other conversion"):
         export_gpt2(tmp_path / "gpt2", tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
+    with pytest.raises(FileNotFoundError, match="model folder .*missing does not exist"):
         export_gpt2(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty has no config.json, so it is not a saved model"):
+        export_gpt2(tmp_path / "empty", tmp_path / "out")
 
 
 # The command line ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 the new complete one, never a part of either, and a failure (a full disk among them) leaves nothing partial."""
 
 import errno
+import hashlib
 import json
 import os
 import threading
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tinystories_gpt import files
@@ -149,11 +150,21 @@ def test_a_manifest_tells_a_complete_folder_from_one_cut_short(tmp_path):
     folder.mkdir()
     save_file({"w": torch.zeros(4, 4)}, folder / "model.safetensors")
     (folder / "config.json").write_text("{}")
-    assert folder_damage(folder) == "it has no checkpoint_files.json, which is written last: it was never completed"
+    assert folder_damage(folder) == "it has no manifest.json, which is written last: it was never completed"
     assert folder_damage(folder, manifest_required=False) is None
     write_manifest(folder)
-    assert json.loads((folder / "checkpoint_files.json").read_text())["files"]["config.json"] == 2
+    entry = json.loads((folder / "manifest.json").read_text())["files"]["config.json"]
+    assert entry == {"bytes": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}
     assert folder_damage(folder) is None
+    weights = bytearray((folder / "model.safetensors").read_bytes())
+    weights[-8:] = b"\xff" * 8  # the last weights overwritten in place: the same size, a header that still parses
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    with safe_open(folder / "model.safetensors", framework="pt"):  # by its format alone it looks fine
+        pass
+    assert folder_damage(folder) == (
+        "model.safetensors has changed since it was saved (its SHA-256 differs from the one in manifest.json)"
+    )
+    write_manifest(folder)
     (folder / "config.json").write_text("{} ")
     assert folder_damage(folder) == "config.json is 3 bytes, 2 when it was saved"
     (folder / "config.json").unlink()

@@ -38,6 +38,7 @@ ORDER = [
     "training.records",
     "training.lora",
     "training.parent",
+    "training.recipe",
     "training.run",
     "training.evaluations",
     "training.loop",

@@ -188,6 +188,36 @@ def test_sigterm_while_tokenizing_ends_the_workers_and_leaves_no_scratch(tmp_pat
     assert [path.name for path in (tmp_path / "run").iterdir()] == [LOCK_FILE]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", [0.0, 1.5], ids=["as the workers start", "while they tokenize"])
+def test_kill_9_while_tokenizing_leaves_no_process_of_the_run(tmp_path, moment):
+    """The kernel ends datasets' workers and Manager with the run (PR_SET_PDEATHSIG): no orphan outlives a kill -9."""
+    stories = tmp_path / "stories"
+    stories.mkdir()
+    (stories / "train.txt").write_text((DATA / "train.txt").read_text() * 8)  # long enough to be caught tokenizing
+    (stories / "validation.txt").write_text((DATA / "validation.txt").read_text())
+    cache = tmp_path / "cache"
+    argv = tiny_args(tmp_path, "--dataset", str(stories), "--tokenizer", "gpt2", "--cache_dir", str(cache))
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *argv, "--num_proc", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets")},
+    )
+    deadline = time.monotonic() + 180
+    workers = []
+    while len(workers) < 3 and time.monotonic() < deadline and process.poll() is None:  # 2 workers, a Manager
+        workers = psutil.Process(process.pid).children(recursive=True) if list(cache.glob(".train-*.tmp")) else []
+        time.sleep(0.05)
+    assert len(workers) >= 3, "never caught tokenizing with two workers and a Manager"
+    time.sleep(moment)
+    workers = psutil.Process(process.pid).children(recursive=True)  # every process of the run at this moment
+    process.kill()
+    process.wait(timeout=60)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [], f"orphaned processes: {[worker.pid for worker in alive]}"
+
+
 def test_scratch_of_a_dead_build_goes_and_that_of_a_live_one_stays(tmp_path):
     dead, live = tmp_path / ".train-0123456789abcdef.tmp", tmp_path / ".validation-fedcba9876543210.tmp"
     for scratch in (dead, live):
@@ -267,6 +297,13 @@ def damaged_copy(two_checkpoints: Path, tmp_path: Path, damage) -> Path:
     return tmp_path
 
 
+def overwrite_the_end(path: Path, count: int = 64) -> None:
+    """Damage a file in place, keeping its size: its last `count` bytes become 0xff."""
+    with open(path, "r+b") as file:
+        file.seek(-count, os.SEEK_END)
+        file.write(b"\xff" * count)
+
+
 def truncate(path: Path) -> None:
     with open(path, "r+b") as file:
         file.truncate(path.stat().st_size // 2)
@@ -281,12 +318,16 @@ def truncate(path: Path) -> None:
             r"model.safetensors is [\d,]+ bytes, [\d,]+ when it was saved",
         ),
         (lambda step: (step / "optimizer.bin").unlink(), "optimizer.bin is missing"),
+        (  # bytes overwritten inside the weights: the same size, a header that parses; only the contents tell
+            lambda step: overwrite_the_end(step / "model.safetensors"),
+            r"model.safetensors has changed since it was saved \(its SHA-256 differs from the one in manifest.json\)",
+        ),
         (  # the manifest is written last: a checkpoint without one was never completed
-            lambda step: (step / "checkpoint_files.json").unlink(),
-            r"it has no checkpoint_files.json, which is written last",
+            lambda step: (step / "manifest.json").unlink(),
+            r"it has no manifest.json, which is written last",
         ),
     ],
-    ids=["truncated weights", "deleted optimizer", "no manifest"],
+    ids=["truncated weights", "deleted optimizer", "weights changed in place", "no manifest"],
 )
 def test_resume_skips_a_damaged_checkpoint_for_the_one_before(two_checkpoints, tmp_path, capsys, damage, reason):
     root = damaged_copy(two_checkpoints, tmp_path, damage)

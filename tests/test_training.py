@@ -92,7 +92,7 @@ def test_tokenizer_larger_than_vocab_size_is_refused(tmp_path):
 
 def test_resume_from_a_checkpoint_of_another_shape_is_refused(tmp_path):
     train(*parse_args(tiny_args(tmp_path, "--max_iters", "4")))
-    with pytest.raises(ValueError, match="n_embd: checkpoint 32 vs now 64"):
+    with pytest.raises(ValueError, match="n_embd 32 -> 64"):
         train(*parse_args(tiny_args(tmp_path, "--resume", "--n_embd", "64")))
 
 

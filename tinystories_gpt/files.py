@@ -15,12 +15,14 @@ finds the old complete version or the new complete one, never a part of either.
 A failure for lack of space becomes `DiskFull`, raised once the partial file is gone, naming what could not be
 written where. Partial names start with a dot and end in `.tmp`, so a listing of complete files skips them.
 
-A folder that will be read back (a training checkpoint) also carries a manifest, written last: every file and its
-size, so that `folder_damage` can tell a complete folder from one cut short.
+A folder that will be read back (a training checkpoint, best/) also carries a manifest, written last: every file
+with its size and its SHA-256, so that `folder_damage` tells a complete folder from one cut short or changed in
+place, by its contents rather than its sizes.
 """
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -38,7 +40,8 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # this free is then taken to be the cause (a full disk is left at 0 bytes, the write having filled it).
 NEARLY_FULL_BYTES = 1 << 20
 AT_FDCWD, RENAME_EXCHANGE = -100, 2  # from Linux's <fcntl.h> and <linux/fs.h>
-MANIFEST = "checkpoint_files.json"
+MANIFEST = "manifest.json"
+HASH_CHUNK = 1 << 24  # 16 MB: reading a file to hash it keeps memory flat
 
 
 class DiskFull(OSError):
@@ -206,35 +209,51 @@ def exchange_paths(first: Path, second: Path) -> bool:
 # 3. Folders that are read back --------------------------------------------------------------------------------
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's contents, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_manifest(folder: Path) -> None:
-    """Record every file of `folder` and its size (written last), so a later check sees any missing or cut short."""
-    files = {str(path.relative_to(folder)): path.stat().st_size for path in folder.rglob("*") if path.is_file()}
+    """Record every file of `folder` with its size and SHA-256 (written last, so its presence means complete)."""
+    files = {
+        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
     (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
 
 def folder_damage(folder: Path, manifest_required: bool = True) -> str | None:
     """What makes a folder unusable, in words, or None if it is complete and readable.
 
-    Every file its manifest lists must be there with the size it had when written (a folder without a manifest is
-    incomplete, unless `manifest_required` is False: one assembled by hand); every safetensors header must parse
-    and cover its file; every PyTorch file (.bin, .pkl) must end with its zip directory, which a cut-short file
-    lacks.
+    Every file its manifest lists must be there with the size and the SHA-256 it had when written (a folder
+    without a manifest is incomplete, unless `manifest_required` is False: one assembled by hand, which is then
+    checked by its formats only): every safetensors header must parse and cover its file, and every PyTorch file
+    (.bin, .pkl) must end with its zip directory, which a cut-short file lacks.
     """
     manifest = folder / MANIFEST
-    sizes = {}
+    expected: dict[str, tuple[int, str]] = {}  # name: (bytes, sha256)
     if manifest.is_file():
         try:
-            sizes = json.loads(manifest.read_text())["files"]
-        except (ValueError, KeyError, TypeError):
+            listed = json.loads(manifest.read_text())["files"]
+            expected = {name: (entry["bytes"], entry["sha256"]) for name, entry in listed.items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
             return f"its {MANIFEST} is unreadable"
     elif manifest_required:
         return f"it has no {MANIFEST}, which is written last: it was never completed"
-    for name, size in sizes.items():
+    for name, (size, sha256) in expected.items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} is {path.stat().st_size:,} bytes, {size:,} when it was saved"
+        if file_sha256(path) != sha256:
+            return f"{name} has changed since it was saved (its SHA-256 differs from the one in {MANIFEST})"
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder)
         if path.suffix == ".safetensors":

@@ -5,15 +5,56 @@
   folders are removed and worker pools end. Its message says what was kept.
 - `StopSignal`: in the training loop a signal is a request instead, honoured at the next optimizer step (or
   within a few batches of an evaluation), after a checkpoint.
+
+A signal that cannot be handled (kill -9) ends the process at once; `workers_die_with_this_process` makes the
+worker processes it forked (datasets' pools) end with it instead of living on as orphans.
 """
 
+import ctypes
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # from Linux's <sys/prctl.h>: the signal the kernel sends a process when its parent dies
+_forking = {"active": False, "parent": None, "hooked": False}  # read in the child, which inherits a copy
+
+
+@contextmanager
+def workers_die_with_this_process() -> Iterator[None]:
+    """In the block, every process this one forks is killed by the kernel when this one dies, however it dies.
+
+    Linux's PR_SET_PDEATHSIG, set in each child right after the fork (os.register_at_fork): datasets' worker pools
+    and their Manager are forked, and without it a kill -9 of the run leaves them running for good. Elsewhere than
+    Linux this does nothing.
+    """
+    if not _forking["hooked"]:
+        os.register_at_fork(before=_before_fork, after_in_child=_die_with_parent)
+        _forking["hooked"] = True
+    _forking["active"] = True
+    try:
+        yield
+    finally:
+        _forking["active"] = False
+
+
+def _before_fork() -> None:
+    _forking["parent"] = os.getpid()
+
+
+def _die_with_parent() -> None:
+    if not _forking["active"]:
+        return
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is None:  # not Linux
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _forking["parent"]:  # the parent died between the fork and the prctl
+        os._exit(1)
 
 
 class Stopped(KeyboardInterrupt):

@@ -6,12 +6,14 @@ none and, on request, a `dev` split for tuning. The next stage, tokens, is token
 """
 
 import codecs
+import errno
 import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
 from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
@@ -24,7 +26,9 @@ TEXT_COLUMN = "text"
 # How each local file extension is read: "stories" is our reader for `<|endoftext|>`-separated text files,
 # the others are datasets' packaged builders.
 FILE_READERS = {".txt": "stories", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-FORMAT_VERSION = 1  # bump when the story reader or the token file layout changes, to rebuild old caches
+CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+MAX_STORY_BYTES = 1_000_000  # a story longer than this is most likely a file that lost its separators
+FORMAT_VERSION = 2  # bump when the story reader or the token file layout changes, to rebuild old caches
 
 
 def load_text_splits(
@@ -148,6 +152,8 @@ def _load_file(path: Path, split: str) -> Dataset:
         if where:
             raise ValueError(f"{path} is not valid JSON: {where}; fix or delete that line") from None
         cause = error.__cause__ or error
+        if isinstance(cause, OSError) and cause.errno in CANNOT_WRITE:  # datasets' cache, not the file, is the cause
+            raise cause from None
         raise ValueError(f"{path} could not be read as {reader} ({type(cause).__name__}: {cause})") from None
 
 
@@ -243,6 +249,14 @@ def _check_text_split(split: Dataset, name: str, dataset: str | Path) -> None:
         )
     if len(split) == 0:
         raise ValueError(f"the {name} split of {dataset} holds no stories; add some text or point to another source")
+    lengths = pc.binary_length(split.data.column(TEXT_COLUMN))  # from the Arrow column: no story is read whole
+    longest = pc.max(lengths).as_py()
+    if longest > MAX_STORY_BYTES:  # tokenizers would need ~300 bytes of memory per byte of it
+        raise ValueError(
+            f"story {pc.index(lengths, longest).as_py()} of the {name} split of {dataset} is {longest:,} bytes, "
+            f"longer than the {MAX_STORY_BYTES:,} a story may be (TinyStories' are a few thousand): split it into "
+            "stories (in a .txt file, a line holding <|endoftext|> ends each one)"
+        )
 
 
 def stable_hash(*parts: object) -> str:

@@ -6,10 +6,11 @@ reuses the file; any change to either builds a new one. `prepare_data` does it f
 with its tokenizer. The next stage, windows of those tokens for the model, is batches.py.
 """
 
+import hashlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from filelock import FileLock, Timeout
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from ..files import remove, removed_on_failure, replacing_file
+from ..files import HASH_CHUNK, remove, removed_on_failure, replacing_file
+from ..signals import workers_die_with_this_process
 from .sources import DEFAULT_DATASET, FORMAT_VERSION, TEXT_COLUMN, is_local_source, load_splits, stable_hash
 from .tokenization import load_tokenizer, tokenizer_fingerprint
 
@@ -39,6 +41,7 @@ class TokenFile:
     num_bytes: int  # sum over stories of len(story.encode("utf-8")) + 1: the bits-per-byte denominator
     num_stories: int
     dtype: str  # "uint16" when the vocabulary fits, else "uint32"
+    sha256: str  # of the file's bytes, written in its sidecar and checked whenever the file is reused
 
     def tokens(self) -> np.memmap:
         """The token ids, memory-mapped read-only (nothing is loaded until indexed)."""
@@ -70,10 +73,12 @@ def prepare_data(
     validation_split_percentage: float = 5.0,
     num_proc: int | None = None,
     dev_stories: int = 0,
+    check_tokenizer: Callable[[PreTrainedTokenizerFast], None] | None = None,
 ) -> PreparedData:
     """Load the source, resolve the tokenizer spec (training `bpe:N` on the train split), tokenize both splits.
 
     Everything is cached under `cache_dir` (default: `default_cache_dir()`), so a second call is fast.
+    `check_tokenizer` refuses a tokenizer before the splits are tokenized (the work that takes time).
     """
     started = time.perf_counter()
     splits, held_out = load_splits(dataset, validation_split_percentage, dev_stories)
@@ -81,6 +86,8 @@ def prepare_data(
     resolved = load_tokenizer(
         tokenizer, training_texts=splits["train"], cache_dir=cache_dir, cache_key=dataset_fingerprint(splits["train"])
     )
+    if check_tokenizer is not None:
+        check_tokenizer(resolved)
     tokenized = time.perf_counter()
     token_files = {name: tokenize_split(split, resolved, cache_dir, name, num_proc) for name, split in splits.items()}
     seconds = {"tokenizer": tokenized - started, "tokenization": time.perf_counter() - tokenized}
@@ -117,15 +124,15 @@ def tokenize_split(
     key = stable_hash(FORMAT_VERSION, source_fingerprint, tokenizer_hash)[:16]
     cache_dir = Path(cache_dir)
     bin_path, meta_path = cache_dir / f"{split}-{key}.bin", cache_dir / f"{split}-{key}.json"
-    meta = _matching_meta(meta_path, bin_path, source_fingerprint, tokenizer_hash)
-    if meta:
-        return _token_file(bin_path, meta)
+    found = _matching_meta(meta_path, bin_path, source_fingerprint, tokenizer_hash)
+    if found and _tokens_intact(bin_path, found):
+        return _token_file(bin_path, found)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_scratch(cache_dir)
     with _build_lock(cache_dir, f"{split}-{key}"):
         meta = _matching_meta(meta_path, bin_path, source_fingerprint, tokenizer_hash)  # built while we waited?
-        if meta:
+        if meta and meta != found and _tokens_intact(bin_path, meta):
             return _token_file(bin_path, meta)
         meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the file being rebuilt
         scratch = cache_dir / f".{split}-{key}{SCRATCH_SUFFIX}"
@@ -154,24 +161,29 @@ def _build_token_file(
 ) -> dict:
     """Encode `texts` (in `num_proc` worker processes) and stream the ids into `scratch/tokens.bin`."""
     dtype = "uint16" if len(tokenizer) <= 1 << 16 else "uint32"
-    encoded = (
-        texts.select_columns(TEXT_COLUMN)
-        .with_format("arrow")
-        .map(
-            _encode_batch,
-            batched=True,
-            num_proc=num_proc,
-            fn_kwargs={"backend": tokenizer.backend_tokenizer, "eos_token_id": tokenizer.eos_token_id, "dtype": dtype},
-            remove_columns=[TEXT_COLUMN],
-            features=datasets.Features(
-                {"input_ids": datasets.List(datasets.Value(dtype)), "num_bytes": datasets.Value("int64")}
-            ),
-            cache_file_name=str(scratch / "encoded.arrow"),  # intermediate: deleted with the scratch folder
-            load_from_cache_file=False,
-            new_fingerprint=key,  # skips hashing the tokenizer, which is slow and already done
-            desc=f"Tokenizing {split}",
+    with workers_die_with_this_process():  # a kill -9 of the run ends its workers too
+        encoded = (
+            texts.select_columns(TEXT_COLUMN)
+            .with_format("arrow")
+            .map(
+                _encode_batch,
+                batched=True,
+                num_proc=num_proc,
+                fn_kwargs={
+                    "backend": tokenizer.backend_tokenizer,
+                    "eos_token_id": tokenizer.eos_token_id,
+                    "dtype": dtype,
+                },
+                remove_columns=[TEXT_COLUMN],
+                features=datasets.Features(
+                    {"input_ids": datasets.List(datasets.Value(dtype)), "num_bytes": datasets.Value("int64")}
+                ),
+                cache_file_name=str(scratch / "encoded.arrow"),  # intermediate: deleted with the scratch folder
+                load_from_cache_file=False,
+                new_fingerprint=key,  # skips hashing the tokenizer, which is slow and already done
+                desc=f"Tokenizing {split}",
+            )
         )
-    )
     meta = _write_tokens(encoded, scratch / "tokens.bin", dtype)
     del encoded  # release its memory map before the scratch folder goes
     return meta
@@ -227,15 +239,42 @@ def _encode_batch(batch: pa.Table, backend: Tokenizer, eos_token_id: int, dtype:
 
 
 def _write_tokens(encoded: Dataset, path: Path, dtype: str, batch_size: int = 10_000) -> dict:
+    """Stream the ids into `path`, hashing them on the way: the sidecar's SHA-256 proves the file by its contents."""
     num_tokens = num_bytes = num_stories = 0
+    digest = hashlib.sha256()
     with open(path, "wb") as file:
         for batch in encoded.iter(batch_size=batch_size):
             ids = pc.list_flatten(batch.column("input_ids")).to_numpy().astype(dtype, copy=False)
             ids.tofile(file)
+            digest.update(ids)
             num_tokens += len(ids)
             num_bytes += pc.sum(batch.column("num_bytes")).as_py()
             num_stories += batch.num_rows
-    return {"dtype": dtype, "num_tokens": num_tokens, "num_bytes": num_bytes, "num_stories": num_stories}
+    return {
+        "dtype": dtype,
+        "num_tokens": num_tokens,
+        "num_bytes": num_bytes,
+        "num_stories": num_stories,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _tokens_intact(path: Path, meta: dict) -> bool:
+    """Whether the token file holds what was written (its SHA-256) and only ids of the vocabulary it was built
+    with; one pass over the file, in chunks. A file that fails is rebuilt, with a line saying why."""
+    digest, largest = hashlib.sha256(), 0
+    with open(path, "rb") as file:
+        while chunk := file.read(HASH_CHUNK):
+            digest.update(chunk)
+            largest = max(largest, int(np.frombuffer(chunk, dtype=meta["dtype"]).max()))
+    if digest.hexdigest() != meta["sha256"]:
+        damage = "its contents changed since it was written (the SHA-256 in its sidecar differs)"
+    elif largest >= meta["vocab_size"]:
+        damage = f"it holds token id {largest}, past the {meta['vocab_size']}-token vocabulary it was built with"
+    else:
+        return True
+    print(f"warning: the cached token file {path} is damaged: {damage}. Rebuilding it", file=sys.stderr)
+    return False
 
 
 def dataset_fingerprint(texts: Dataset) -> str:
@@ -266,4 +305,4 @@ def _read_meta(meta_path: Path, bin_path: Path) -> dict | None:
 
 
 def _token_file(path: Path, meta: dict) -> TokenFile:
-    return TokenFile(path, meta["num_tokens"], meta["num_bytes"], meta["num_stories"], meta["dtype"])
+    return TokenFile(path, meta["num_tokens"], meta["num_bytes"], meta["num_stories"], meta["dtype"], meta["sha256"])

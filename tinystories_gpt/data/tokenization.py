@@ -13,6 +13,7 @@ A tokenizer spec is one of:
 
 import hashlib
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,7 +140,11 @@ def _trained_tokenizer(
     key = json.dumps([cache_key, vocab_size, tokenizers.__version__])
     folder = Path(cache_dir) / f"tokenizer-bpe{vocab_size}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (folder / "tokenizer.json").is_file():
-        return load_tokenizer(str(folder))
+        try:
+            return load_tokenizer(str(folder))
+        except Exception as error:  # tokenizers and transformers raise their own kinds for a file that does not parse
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"warning: the cached tokenizer {folder} is damaged ({reason}); training it again", file=sys.stderr)
     tokenizer = train_tokenizer(_text_batches(training_texts), vocab_size)
     with replacing_folder(folder, f"the trained tokenizer bpe:{vocab_size}") as staging:
         tokenizer.save_pretrained(staging)  # a concurrent run that trained the same one is swapped out: identical

@@ -29,6 +29,17 @@ def story_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     )
 
 
+def check_seed_prompt_fits(tokenizer: PreTrainedTokenizerBase, block_size: int) -> None:
+    """Refuse a context too short for the seed prompt and a story after it: every run ends by writing one."""
+    length = len(tokenizer(SEED_PROMPT).input_ids)
+    if length >= block_size:
+        raise ValueError(
+            f"--block_size {block_size} cannot hold the seed prompt {SEED_PROMPT!r} ({length} tokens with this "
+            f"tokenizer) and a story after it, which every run writes at its end: pass --block_size {length + 1} or "
+            "more (the seed uses 128)"
+        )
+
+
 @torch.no_grad()
 def sample_stories(model, tokenizer, num_samples: int, seed: int, prompt: str = SEED_PROMPT) -> list[str]:
     """Sampled continuations of the prompt, drawn from a private RNG so training's random stream is untouched."""

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 
 from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
-from ..files import check_output, replacing_file, replacing_folder
+from ..files import check_output, replacing_file, replacing_folder, write_manifest
 
 HEAD, EMBEDDING = "lm_head.weight", "transformer.wte.weight"
 PROBE_BATCH, PROBE_MAX_LENGTH = 2, 128
@@ -40,6 +40,8 @@ def save_checked(
     with replacing(path, f"the {'folder' if folder else 'file'} {path.name}") as staging:
         write(staging)
         check(staging)
+        if folder:
+            write_manifest(staging)  # last: a reader can tell the folder is whole and unchanged
     return Path(output)
 
 

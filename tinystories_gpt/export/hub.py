@@ -33,7 +33,7 @@ from transformers import (
 
 from ..data.tokenization import check_vocab_fits
 from ..evaluation.stories import story_generation_config
-from ..files import check_output, replacing_folder
+from ..files import check_output, folder_damage, replacing_folder, write_manifest
 
 TEMPLATE_PATH = Path(__file__).resolve().with_name("model_card.md")  # the repo's top-level model_card.md links here
 LICENSE = "mit"
@@ -227,6 +227,7 @@ def save_hub_folder(
     path = check_output(output_dir, overwrite)
     with replacing_folder(path, f"the folder {path.name}") as staging:
         write_hub_folder(model, tokenizer, staging, **contents)
+        write_manifest(staging)
     return Path(output_dir)
 
 
@@ -235,6 +236,8 @@ def save_hub_folder(
 
 def load_model_and_tokenizer(model_id: str | Path, trust_remote_code: bool = False, device: str = "cpu"):
     """(causal LM in eval mode, tokenizer) from a saved folder or a Hub id, with an error that says what to pass."""
+    if Path(model_id).is_dir():
+        check_model_folder(Path(model_id))
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=trust_remote_code)
@@ -246,12 +249,27 @@ def load_model_and_tokenizer(model_id: str | Path, trust_remote_code: bool = Fal
     return model.to(device).eval(), tokenizer
 
 
-def load_config(model_dir: str | Path) -> PretrainedConfig:
-    """The config of a saved model folder, with an error that says what to pass when it holds none."""
-    model_dir = Path(model_dir)
-    # Checked first: AutoConfig would take a path that is not a folder for a Hub repo id.
+def check_model_folder(model_dir: Path) -> None:
+    """Refuse a local model folder without config.json, or whose files are damaged (by its manifest where it has
+    one, else by their formats), naming what is wrong: Transformers would say "Unrecognized model" or worse."""
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist; pass a folder train.py or convert.py wrote")
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json; pass a folder written by save_pretrained")
+        raise FileNotFoundError(
+            f"{model_dir} has no config.json, so it is not a saved model; pass a folder written by save_pretrained "
+            "(train.py's best/, or a convert.py output)"
+        )
+    damage = folder_damage(model_dir, manifest_required=False)
+    if damage:
+        raise ValueError(
+            f"model folder {model_dir} is damaged: {damage}. Write it again (train.py, convert.py) or download it again"
+        )
+
+
+def load_config(model_dir: str | Path) -> PretrainedConfig:
+    """The config of a saved model folder, once the folder is checked (`check_model_folder`)."""
+    model_dir = Path(model_dir)
+    check_model_folder(model_dir)  # first: AutoConfig would take a path that is not a folder for a Hub repo id
     try:
         return AutoConfig.from_pretrained(model_dir)
     except ValueError:

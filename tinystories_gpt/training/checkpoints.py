@@ -3,7 +3,7 @@
     output_dir/
       .run.lock             held by the run writing here (host, PID, start time inside); a second run is refused
       checkpoints/step_N/   accelerator.save_state (model, optimizer, RNGs, RunState) + config.json + tokenizer/
-                            + checkpoint_files.json (every file and its size, written last)
+                            + manifest.json (every file, its size and SHA-256, written last)
       checkpoints/.step_N.tmp    a checkpoint being written; renamed to step_N once complete
       checkpoints/.step_N.diverged   the weights of a step whose loss was not finite, set aside (never deleted)
       checkpoints/.step_N.damaged    a checkpoint that failed verification on --resume, set aside (never deleted)
@@ -20,7 +20,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from filelock import FileLock, Timeout
 
-from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
 from ..files import DiskFull, folder_damage, remove, replacing_folder, write_manifest
 from .arguments import TrainingArguments
 
@@ -43,7 +42,6 @@ RUN_FILES = {
     "samples.md": "sample stories at every evaluation",
     "logs": "tracker logs (tensorboard, ...)",
 }
-SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
 LOCK_FILE = ".run.lock"
 
 
@@ -240,24 +238,24 @@ def newest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return next(reversed(complete_checkpoints(checkpoints_dir)), None)
 
 
-def save_checkpoint(accelerator: Accelerator, step: int, config: TinyStoriesGPTConfig, tokenizer, args) -> Path:
-    """`accelerator.save_state` into `.step_N.tmp`, renamed to `step_N` once every process has written its files
-    and the manifest is written; then the oldest checkpoints beyond `keep_checkpoints` go.
+def save_checkpoint(accelerator: Accelerator, step: int, args, describe: Callable[[Path], None]) -> Path:
+    """`accelerator.save_state` into `.step_N.tmp`, then `describe(folder)` (the files read without loading the
+    weights) and the manifest, renamed to `step_N` once every process has written its files; then the oldest
+    checkpoints beyond `keep_checkpoints` go.
 
     A failure removes the partial folder (a full disk raises DiskFull), so the checkpoints left are all complete.
     """
     final = args.checkpoints_dir / f"step_{step}"
     staging = args.checkpoints_dir / f".step_{step}.tmp"  # one name every process knows: each writes its shard
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main:
         remove(staging)
     accelerator.wait_for_everyone()
-    main = accelerator.is_main_process
     with replacing_folder(final, f"checkpoint step_{step}", staging=staging, commit=main):
         accelerator.save_state(str(staging), safe_serialization=True)  # under FSDP, every process writes its shard
         accelerator.wait_for_everyone()  # every process has written its files before the folder is sealed
         if main:
-            config.save_pretrained(staging)  # lets convert.py and --resume check shapes without loading weights
-            tokenizer.save_pretrained(staging / "tokenizer")
+            describe(staging)
             write_manifest(staging)
     if main:
         for old in complete_checkpoints(args.checkpoints_dir)[: -args.keep_checkpoints]:
@@ -286,21 +284,6 @@ def set_aside(checkpoint: Path, why: str) -> Path:
         aside = checkpoint.with_name(f".{checkpoint.name}.{why}.{number}")
     os.replace(checkpoint, aside)
     return aside
-
-
-def check_checkpoint_matches(checkpoint: Path, config: TinyStoriesGPTConfig) -> None:
-    """A resume must not load weights into a model of another shape; say which fields differ."""
-    saved = TinyStoriesGPTConfig.from_pretrained(checkpoint)
-    differences = [
-        f"{name}: checkpoint {getattr(saved, name)} vs now {getattr(config, name)}"
-        for name in SHAPE_FIELDS
-        if getattr(saved, name) != getattr(config, name)
-    ]
-    if differences:
-        raise ValueError(
-            f"Checkpoint {checkpoint} was trained with another model shape ({'; '.join(differences)}). "
-            "Resume with the original settings, or start a new run in another --output_dir."
-        )
 
 
 def set_aside_diverged(checkpoints_dir: Path, step: int, accelerator: Accelerator) -> str:

@@ -12,7 +12,7 @@ import torch
 from ..evaluation.losses import estimate_loss, evaluate_split
 from ..evaluation.stories import SEED_PROMPT, sample_stories
 from ..export.hub import push_to_hub
-from ..files import write_file
+from ..files import folder_damage, write_file
 from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from ..signals import StopSignal
 from . import budget
@@ -147,6 +147,12 @@ def final_pass(run: Run) -> dict:
     result = {"step": run.state.step, "interrupted": False, "best_dir": str(best_dir)}
     if not best_dir.exists():
         return result
+    damage = folder_damage(best_dir)
+    if damage:  # by its manifest: changed after this run wrote it
+        raise ValueError(
+            f"{best_dir} is not the model this run saved: {damage}. Restore it, or start the run again with "
+            "--overwrite_output_dir"
+        )
     # every process scores its share of the split with its own plain copy of best/ (no collective in the forward)
     best_model = TinyStoriesGPTForCausalLM.from_pretrained(best_dir).to(accelerator.device)
     final = evaluate_split(

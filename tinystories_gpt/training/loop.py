@@ -19,7 +19,7 @@ from ..signals import StopSignal, stop_on_signal
 from . import budget
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from .budget import format_seconds, measure_costs, process_start_time
-from .checkpoints import hold_output_dir, save_checkpoint, set_aside_diverged
+from .checkpoints import hold_output_dir, set_aside_diverged
 from .distributed import make_accelerator
 from .evaluations import evaluate, evaluation_owed, final_pass
 from .optimization import learning_rate_at, set_learning_rate
@@ -76,7 +76,7 @@ def train_steps(run: Run) -> bool:
                 run.fix_max_iters(run.budget.choose_max_iters(measured, run.state.step, run.args, run.accelerator))
             if run.checkpoint_due() or stop_requested:
                 with run.clock.timing("checkpoints"):
-                    save_checkpoint(run.accelerator, run.state.step, run.config, run.data.tokenizer, run.args)
+                    run.save_checkpoint()
             if stop_requested:
                 run.accelerator.print(f"stopped by signal at step {run.state.step}; continue with --resume")
                 break

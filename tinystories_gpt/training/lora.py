@@ -20,7 +20,7 @@ from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..export.hub import write_hub_folder
-from ..files import replacing_folder
+from ..files import replacing_folder, write_manifest
 from .arguments import ModelArguments
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def save_model_folder(
             model.save_pretrained(staging / ADAPTER_DIR)
         elif (output_dir / ADAPTER_DIR).is_dir():
             shutil.copytree(output_dir / ADAPTER_DIR, staging / ADAPTER_DIR)
+        write_manifest(staging)  # last: what the final pass and --init_from check before they read it
     return output_dir
 
 
@@ -96,23 +97,3 @@ def checkpoint_adapters(checkpoint: Path) -> dict[str, tuple]:
         return {}
     with safe_open(weights_file, framework="pt") as weights:
         return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys() if LORA_WEIGHT_MARK in name}
-
-
-def check_checkpoint_adapters(checkpoint: Path, model: torch.nn.Module) -> None:
-    """A resume must train the adapters its checkpoint holds (or none, as it did): say what each side has."""
-    saved = checkpoint_adapters(checkpoint)
-    wanted = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items() if LORA_WEIGHT_MARK in name}
-    if saved != wanted:
-        raise ValueError(
-            f"Checkpoint {checkpoint} holds {_adapters_in_words(saved)}, but this run trains "
-            f"{_adapters_in_words(wanted)}. Resume with the checkpoint's --lora_r and --lora_target_modules, or start "
-            "a new run in another --output_dir."
-        )
-
-
-def _adapters_in_words(shapes: dict[str, tuple]) -> str:
-    ranks = sorted({shape[0] for name, shape in shapes.items() if ".lora_A." in name})
-    if not ranks:
-        return "no LoRA adapters (every weight trains)"
-    layers = len([name for name in shapes if ".lora_A." in name])
-    return f"LoRA adapters of rank {', '.join(map(str, ranks))} on {layers} layers"

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
 from ..data.tokenization import load_tokenizer, tokenizer_fingerprint
 from ..export.gpt2 import import_gpt2
+from ..export.hub import check_model_folder
 from ..export.nanogpt import convert_nanogpt, convert_training_checkpoint, load_torch_checkpoint, split_checkpoint
 from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .arguments import DataArguments, ModelArguments, model_config
@@ -49,6 +50,8 @@ def load_parent(model_args: ModelArguments, data_args: DataArguments) -> TinySto
     location, hub_id = locate(name)
     with tempfile.TemporaryDirectory(prefix="tinystories-parent-") as scratch:
         folder, tokenizer_spec = model_folder(location, hub_id or name, model_args, data_args, Path(scratch))
+        if folder == location and hub_id is None:  # a folder of ours, read as it is (a Hub snapshot is checked by
+            check_model_folder(folder)  # the Hub, and holds only the files a parent needs)
         check_same_tokenizer(data_args.tokenizer, tokenizer_spec, name)
         adopt_shape(model_args, TinyStoriesGPTConfig.from_pretrained(folder), name)
         model = TinyStoriesGPTForCausalLM.from_pretrained(

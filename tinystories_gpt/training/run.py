@@ -18,15 +18,16 @@ from transformers import PreTrainedTokenizerFast
 from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
 from ..data.batches import DeviceBatches, WindowSampler, fixed_eval_batches
 from ..data.token_files import TokenFile, prepare_data
+from ..evaluation.stories import check_seed_prompt_fits
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .budget import TimeBudget, format_seconds
-from .checkpoints import RunState, check_checkpoint_matches, newest_checkpoint, prepare_output_dir
+from .checkpoints import RunState, newest_checkpoint, prepare_output_dir, save_checkpoint
 from .distributed import engine_name, is_sharded
 from .hardware import can_compile, peak_flops
-from .lora import check_checkpoint_adapters
 from .memory import check_fits_in_memory
 from .optimization import build_optimizer
 from .parent import build_model, describe_start, load_parent
+from .recipe import check_same_recipe, recipe, write_recipe
 from .records import PhaseClock, Throughput, model_flops_per_token, truncate_metrics
 
 
@@ -42,6 +43,7 @@ class TrainingData:
     held_out_name: str  # "dev" or "val", the records' key prefix
     held_out_source: str  # the held-out split in words, for the card
     val_split: TokenFile
+    checksums: dict[str, str]  # the SHA-256 of each split's token file, for the recipe
     hub_id: str | None
     validation_source: str
     seconds: dict[str, float]
@@ -64,6 +66,7 @@ class Run:
     throughput: Throughput
     clock: PhaseClock
     from_parent: bool  # --init_from: the parent is evaluated at step 0
+    recipe: dict  # what the run computes (recipe.py), saved with every checkpoint
     progress: tqdm | None = None
 
     @property
@@ -82,6 +85,16 @@ class Run:
 
     def checkpoint_due(self) -> bool:
         return self.state.step % self.args.checkpoint_interval == 0 or self.state.step == self.args.max_iters
+
+    def save_checkpoint(self) -> Path:
+        """A checkpoint of this step, with what --resume and convert.py read without loading its weights."""
+
+        def describe(folder: Path) -> None:
+            self.config.save_pretrained(folder)  # the shape, for convert.py
+            self.data.tokenizer.save_pretrained(folder / "tokenizer")
+            write_recipe(folder, self.recipe)
+
+        return save_checkpoint(self.accelerator, self.state.step, self.args, describe)
 
     def fix_max_iters(self, max_iters: int) -> None:
         """From here on, exactly the run that was given this max_iters (saved with the checkpoints)."""
@@ -141,6 +154,11 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
         throughput=Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device)),
         clock=clock,
         from_parent=parent is not None,
+        recipe=recipe(
+            (model_args, data_args, args),
+            config,
+            {"processes": accelerator.num_processes, "precision": accelerator.mixed_precision, **data.checksums},
+        ),
     )
     print_plan(run, n_params)
     if args.resume:
@@ -164,6 +182,7 @@ def load_training_data(
         validation_split_percentage=data_args.validation_split_percentage,
         num_proc=data_args.num_proc,
         dev_stories=data_args.dev_stories,
+        check_tokenizer=lambda tokenizer: check_seed_prompt_fits(tokenizer, model_args.block_size),
     )
     train_tokens, held_out_tokens = prepared.train.tokens(), (prepared.dev or prepared.validation).tokens()
     block_size, batch_size, eval_batch_size = model_args.block_size, args.batch_size, args.eval_batch_size
@@ -187,6 +206,11 @@ def load_training_data(
             else prepared.validation_source
         ),
         val_split=prepared.validation,
+        checksums={
+            f"{name}_tokens_sha256": split.sha256
+            for name, split in (("train", prepared.train), ("dev", prepared.dev), ("validation", prepared.validation))
+            if split is not None
+        },
         hub_id=prepared.hub_id,
         validation_source=prepared.validation_source,
         seconds=prepared.seconds,
@@ -232,8 +256,7 @@ def token_budget(max_iters: int, tokens_per_step: int, train_tokens: int) -> str
 def resume(run: Run) -> None:
     """Load the newest checkpoint (model, optimizer, RNGs, run state) and drop the records written after it."""
     checkpoint = newest_checkpoint(run.args.checkpoints_dir)
-    check_checkpoint_matches(checkpoint, run.config)
-    check_checkpoint_adapters(checkpoint, run.accelerator.unwrap_model(run.model))
+    check_same_recipe(checkpoint, run.recipe)
     run.accelerator.load_state(str(checkpoint))
     if run.accelerator.is_main_process:
         truncate_metrics(run.output_dir / "metrics.jsonl", run.state.step)
