@@ -1,4 +1,5 @@
-"""The fault table of issue 16: each fault tried as a user meets it, through the command lines, and what happened.
+"""The fault table (issues 16 and 22): each fault tried as a user meets it, through the command lines, and what
+happened.
 
     python benchmarks/fault_table.py [--work /tmp/faults] [--out benchmarks/fault_table.md]
 
@@ -287,6 +288,8 @@ def damaged_checkpoints() -> None:
         "optimizer.bin cut to half": lambda step: truncate(step / "optimizer.bin"),
         "random_states_0.pkl deleted": lambda step: (step / "random_states_0.pkl").unlink(),
         "model.safetensors deleted": lambda step: (step / "model.safetensors").unlink(),
+        "bytes inside model.safetensors overwritten (same size)": lambda step: overwrite(step / "model.safetensors"),
+        "bytes inside optimizer.bin overwritten (same size)": lambda step: overwrite(step / "optimizer.bin", 4096),
     }
     outcomes = []
     for number, (name, damage) in enumerate(damages.items()):
@@ -307,6 +310,155 @@ def damaged_checkpoints() -> None:
             for name, ok, code, _ in outcomes
         )
         + f". Line: `{outcomes[0][3].replace(str(WORK), '$WORK')}`",
+    )
+
+
+def overwrite(path: Path, offset_from_end: int = 64, count: int = 32) -> None:
+    """Damage a file in place, keeping its size (what a bad disk or a stray write does)."""
+    with open(path, "r+b") as file:
+        file.seek(-offset_from_end, os.SEEK_END)
+        file.write(b"\xff" * count)
+
+
+def token_files_changed_in_place() -> None:
+    base = fresh("tokens-base")
+    cache = base / "cache"
+    assert run("train", *tiny(base, "--cache_dir", str(cache))).returncode == 0
+    original = {path: path.read_bytes() for path in cache.glob("train-*.bin")}
+    (train_bin,) = original
+    size = len(original[train_bin])
+    damages = {
+        "zeros over train-*.bin (same size)": lambda: train_bin.write_bytes(b"\0" * size),
+        "ids past the vocabulary written into it": lambda: overwrite(train_bin, 64, 64),
+        "one byte changed in the middle": lambda: overwrite(train_bin, size // 2, 1),
+    }
+    outcomes = []
+    for number, (name, damage) in enumerate(damages.items()):
+        damage()
+        folder = fresh(f"tokens-{number}")
+        result = run("train", *tiny(folder, "--cache_dir", str(cache)))
+        rebuilt = train_bin.read_bytes() == original[train_bin]
+        noticed = next((line for line in result.stderr.splitlines() if "is damaged" in line), "")
+        outcomes.append((name, result.returncode, rebuilt, noticed))
+    row(
+        "a cached token file changed in place",
+        len(outcomes),
+        "; ".join(f"{name}: exit {code}, rebuilt identical {'yes' if ok else 'NO'}" for name, code, ok, _ in outcomes)
+        + f". Line: `{outcomes[0][3].replace(str(WORK), '$WORK')}`",
+    )
+
+
+def without_tokenizer(argv: list[str]) -> list[str]:
+    """A parent brings its tokenizer: --init_from refuses a --tokenizer that would train another."""
+    index = argv.index("--tokenizer")
+    return argv[:index] + argv[index + 2 :]
+
+
+def model_folders_damaged() -> None:
+    base = fresh("folder-base")
+    assert run("train", *tiny(base)).returncode == 0
+    damages = {
+        "model.safetensors changed in place": lambda folder: overwrite(folder / "model.safetensors"),
+        "model.safetensors cut short": lambda folder: truncate(folder / "model.safetensors"),
+        "config.json missing": lambda folder: (folder / "config.json").unlink(),
+    }
+    commands = {
+        "evaluate": lambda folder: run("evaluate", str(folder), "--dataset", str(DATA)),
+        "generate": lambda folder: run("generate", str(folder), "--prompt", "Once"),
+        "convert.py gpt2": lambda folder: run("convert", "gpt2", str(folder), str(folder.parent / "out")),
+        "train.py --init_from": lambda folder: run(
+            "train", *without_tokenizer(tiny(folder.parent, "--init_from", str(folder)))
+        ),
+    }
+    outcomes = []
+    for number, (name, damage) in enumerate(damages.items()):
+        for label, call in commands.items():
+            folder = fresh(f"folder-{number}-{label.split()[0]}") / "best"
+            shutil.copytree(base / "run" / "best", folder)
+            damage(folder)
+            result = call(folder)
+            outcomes.append((name, label, result.returncode, message(result.stderr)))
+    one_line = sum(1 for *_, code, line in outcomes if code == 2 and not line.startswith("TRACEBACK"))
+    row(
+        "a damaged model folder given to evaluate, generate, convert.py, --init_from",
+        len(outcomes),
+        f"{one_line}/{len(outcomes)} refused in one line, exit 2, naming the file; "
+        + "; ".join(f"{name}: `{line[:110]}`" for name, label, _, line in outcomes if label == "evaluate"),
+    )
+
+
+def resumes_with_changes() -> None:
+    base = fresh("recipe-base")
+    assert run("train", *tiny(base)).returncode == 0
+    other = fresh("recipe-stories") / "stories"
+    shutil.copytree(DATA, other)
+    (other / "train.txt").write_text((other / "train.txt").read_text().replace("Lily", "Rosa"))
+    refused = {
+        "another dataset": ["--dataset", str(other)],
+        "another learning rate": ["--learning_rate", "1e-3"],
+        "another batch size": ["--batch_size", "4"],
+        "another seed": ["--seed", "8"],
+        "another tokenizer": ["--tokenizer", "gpt2"],
+        "fewer steps": ["--max_iters", "6"],
+    }
+    outcomes = []
+    for number, (name, flags) in enumerate(refused.items()):
+        folder = fresh(f"recipe-{number}")
+        shutil.copytree(base / "run", folder / "run")
+        result = run("train", *tiny(folder, "--resume", *flags))
+        outcomes.append((name, result.returncode, message(result.stderr)))
+    # allowed: a run stopped by SIGTERM at its first checkpoint, resumed with other intervals and trackers
+    whole, broken = fresh("recipe-whole"), fresh("recipe-broken")
+    assert run("train", *tiny(whole, "--max_iters", "12")).returncode == 0
+    process = start("train", *tiny(broken, "--max_iters", "12"))
+    wait_for_path(process, broken / "run" / "checkpoints", "step_*")
+    process.send_signal(signal.SIGTERM)
+    process.communicate()
+    allowed = ["--eval_interval", "3", "--checkpoint_interval", "6", "--num_samples", "1", "--keep_checkpoints", "4"]
+    resumed = run("train", *tiny(broken, "--max_iters", "12", "--resume", *allowed))
+    exact = resumed.returncode == 0 and same(
+        tensors(whole / "run" / "checkpoints" / "step_12"), tensors(broken / "run" / "checkpoints" / "step_12")
+    )
+    refusals = sum(1 for _, code, line in outcomes if code == 2 and "would not continue the run" in line)
+    row(
+        "--resume with a changed recipe, and with changed intervals",
+        len(outcomes) + 1,
+        f"refused by name, exit 2: {refusals}/{len(outcomes)} ("
+        + ", ".join(name for name, *_ in outcomes)
+        + f"); other intervals, samples and kept checkpoints: exit {resumed.returncode}, bit-identical weights and "
+        f"AdamW state to the uninterrupted run: {'yes' if exact else 'NO'}. Line: `{outcomes[1][2][:260]}`",
+    )
+
+
+def kill_9_while_tokenizing() -> None:
+    stories = WORK / "big-stories"
+    if not stories.exists():
+        stories.mkdir(parents=True)
+        (stories / "train.txt").write_text((DATA / "train.txt").read_text() * 8)
+        (stories / "validation.txt").write_text((DATA / "validation.txt").read_text())
+    moments = [0.0, random.uniform(0.2, 1.0), random.uniform(1.0, 2.5)]
+    outcomes = []
+    for number, moment in enumerate(moments):
+        folder = fresh(f"kill-tokens-{number}")
+        cache = folder / "cache"
+        env = {**ENV, "HF_DATASETS_CACHE": str(folder / "datasets")}
+        argv = tiny(folder, "--dataset", str(stories), "--tokenizer", "gpt2", "--cache_dir", str(cache))
+        process = start("train", *argv, "--num_proc", "2", env=env)
+        wait_for_path(process, cache, ".train-*.tmp")
+        time.sleep(moment)
+        children = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
+        process.kill()
+        process.communicate()
+        _, alive = psutil.wait_procs(children, timeout=5)
+        for child in alive:  # leave nothing running for the next row
+            child.kill()
+        outcomes.append((moment, len(children), len(alive)))
+    row(
+        "kill -9 during tokenization with --num_proc 2",
+        len(moments),
+        "; ".join(
+            f"at +{moment:.1f} s: {kids} processes of the run, {left} left 5 s later" for moment, kids, left in outcomes
+        ),
     )
 
 
@@ -467,6 +619,11 @@ def bad_input() -> None:
     from safetensors.torch import save_file
 
     save_file({"transformer.wte.weight": torch.zeros(4, 2)}, folder / "ckpt.pt")
+    (folder / "broken.yaml").write_text("max_iters: [\n")
+    (folder / "wrong.yaml").write_text("grad_clip: [1, 2]\n")
+    (folder / "huge").mkdir()
+    (folder / "huge" / "train.txt").write_text("Tom sat.<|endoftext|>" + "The dog ran. " * 160_000)
+    (folder / "huge" / "validation.txt").write_text("Sue sat.")
     base = fresh("bad-input-model")
     assert run("train", *tiny(base)).returncode == 0
     best = str(base / "run" / "best")
@@ -493,14 +650,63 @@ def bad_input() -> None:
         ("generate --temperature 0", run("generate", best, "--prompt", "Once", "--temperature", "0")),
         ("generate --temperature -1", run("generate", best, "--prompt", "Once", "--temperature", "-1")),
         ("generate --top_p 1.5", run("generate", best, "--prompt", "Once", "--top_p", "1.5")),
+        ("--block_size 1", run("train", *tiny(folder, "--block_size", "1"))),
+        (
+            "--block_size 8 with GPT-2's tokenizer",
+            run("train", *tiny(folder, "--block_size", "8", "--tokenizer", "gpt2")),
+        ),
+        ("a preset that is not YAML", run("train", *tiny(folder, "--config", str(folder / "broken.yaml")))),
+        ("a preset with grad_clip: [1, 2]", run("train", *tiny(folder, "--config", str(folder / "wrong.yaml")))),
+        ("one story of 2 MB", run("train", *tiny(folder, "--dataset", str(folder / "huge")))),
+        ("a damaged cached tokenizer.json", damaged_cached_tokenizer(folder)),
     ]
+    cases += unwritable_places(folder)
     for name, result in cases:
+        if result is None:
+            row(f"bad input: {name}", 0, "not tried: mounting a tmpfs needs root")
+            continue
         stdout = "nothing on stdout" if not result.stdout.strip() else "stdout: " + result.stdout.strip()[:60]
         row(
             f"bad input: {name}",
             1,
             f"exit {result.returncode}; {stdout}; `{message(result.stderr).replace(str(WORK), '$WORK')[:220]}`",
         )
+
+
+def damaged_cached_tokenizer(folder: Path) -> subprocess.CompletedProcess:
+    cache = folder / "tokenizer-cache"
+    assert run("train", *tiny(folder / "tok", "--cache_dir", str(cache))).returncode == 0
+    for trained in cache.glob("tokenizer-bpe512-*"):
+        (trained / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": ')
+    result = run("train", *tiny(folder / "tok", "--cache_dir", str(cache), "--overwrite_output_dir"))
+    # exit 0 is the fix here: the warning is the line
+    warning = next((line for line in result.stderr.splitlines() if "cached tokenizer" in line), "no warning")
+    return subprocess.CompletedProcess(result.args, result.returncode, "", warning)
+
+
+def unwritable_places(folder: Path) -> list[tuple[str, subprocess.CompletedProcess | None]]:
+    """An output folder and a Hugging Face cache on a read-only disk, and a cache on a full one (tmpfs mounts)."""
+    cases = []
+    stories = folder / "many.jsonl"  # datasets writes a .jsonl source into its cache as Arrow
+    stories.write_text("".join(f'{{"text": "Story {i}: Tom ran to the park and saw a dog."}}\n' for i in range(3000)))
+    for name, options in (("read-only", "ro,size=1m"), ("full", "size=64k")):
+        disk = folder / name
+        disk.mkdir(exist_ok=True)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True).returncode:
+            return [("unwritable folders", None)]
+        try:
+            cache_env = {**ENV, "HF_HOME": str(disk / "hf"), "HF_DATASETS_CACHE": str(disk / "hf" / "datasets")}
+            if name == "read-only":
+                cases.append(("an output folder on a read-only disk", run("train", *tiny(disk))))
+            cases.append(
+                (
+                    f"a Hugging Face cache on a {name} disk",
+                    run("train", *tiny(folder, "--dataset", str(stories)), env=cache_env),
+                )
+            )
+        finally:
+            subprocess.run(["umount", str(disk)], check=True)
+    return cases
 
 
 def main() -> None:
@@ -520,6 +726,10 @@ def main() -> None:
         two_runs_on_one_folder,
         stops_while_preparing_data,
         damaged_checkpoints,
+        token_files_changed_in_place,
+        model_folders_damaged,
+        resumes_with_changes,
+        kill_9_while_tokenizing,
         disk_full,
         torn_metrics_and_no_checkpoint,
         stops_in_evaluation_and_final_pass,
@@ -532,7 +742,7 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     table = ["| fault | tries | outcome |", "|---|---|---|", *(f"| {' | '.join(cells)} |" for cells in ROWS)]
     header = (
-        f"# Fault table (issue 16)\n\n`python benchmarks/fault_table.py` on {cpu} ({os.cpu_count()} cores, "
+        f"# Fault table (issues 16 and 22)\n\n`python benchmarks/fault_table.py` on {cpu} ({os.cpu_count()} cores, "
         f"Python {platform.python_version()}), {(time.monotonic() - began) / 60:.0f} minutes.\n\n"
     )
     if args.only is None:
