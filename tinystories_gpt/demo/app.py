@@ -113,7 +113,8 @@ class StoryWriter:
                 f"cannot load a model from {model_id!r} ({error}). Pass a model folder (train.py's "
                 "out/quickstart/best, or its GPT-2 export) or a Hub id"
             ) from None
-        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and "AutoModelForCausalLM" not in (config.auto_map or {}):
+        auto_map = getattr(config, "auto_map", None) or {}  # remote code: the classes it names
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and "AutoModelForCausalLM" not in auto_map:
             kind = ", ".join(config.architectures or []) or f"a {config.model_type!r} model"
             raise ValueError(
                 f"{model_id} holds {kind}, which is not a causal language model, so it cannot write stories: point "
