@@ -43,8 +43,9 @@ EXPORTER_CACHE_NAME = re.compile(r"(input|output)\.cache\.layers\.(\d+)\.(key|va
 OPTIMUM_CACHE_PREFIX = {"input": "past_key_values", "output": "present"}
 # ONNX Runtime against torch, both float32: measured ~5e-7 relative to the largest logit; the issue allows 1e-3.
 LOGITS_TOLERANCE = 1e-4
-# 8-bit weights: the probe's logits' root-mean-square error, relative to theirs, measured 1.1% on a trained 2 x 2 x 64
-# story model (its largest single error 13% of the largest logit); a graph that lost its weights is off by ~100%
+# 8-bit weights: the probe's logits' root-mean-square error, relative to theirs, measured 1.6% on the trained
+# quickstart and 1.1% on a 2 x 2 x 64 story model (whose largest single error is 13% of the largest logit, which is
+# why the check is not on the largest); a graph that lost its weights is off by ~100%
 QUANTIZED_LOGITS_TOLERANCE = 0.05
 
 
