@@ -4,17 +4,19 @@
 
 Measured in one run, on this machine, each against the anchor measured beside it:
 - the static Space (`convert.py space --sdk static`), served from 127.0.0.1 and opened in a fresh headless Chromium
-  context each round: time from navigation to the model being ready, to the first token of a greedy story (clicked
-  as soon as the page is ready), and tokens/s of the float32 and the 8-bit graph (transformers.js 4, WebAssembly,
-  one thread), with the folder's download size for each;
+  context each round (`?dtype=` names the graph it loads): time from navigation to the model being ready, and to the
+  first token of a greedy story once clicked, and tokens/s of the float32 and the 8-bit graph (transformers.js 4,
+  WebAssembly, one thread), with what a visitor downloads for each;
 - the Gradio app (demo/app.py, in this process, Gradio's queue at concurrency 1) through gradio_client: latency to
   the first streamed token and tokens/s for 1 visitor, then for 8 at once (each one's, and all of them together);
 - the anchor: our `model.generate(do_sample=False)` in Python, torch at `--threads` threads (one, as the page has).
 
 Every story is greedy: the seed prompt, 100 new tokens. Without --model the model has the quickstart's shapes
 (4 x 4 x 256, context 128, a 3,071-token BPE trained on the bundled data) and random weights, which cost the same time
-as trained ones; --dataset scores both graphs' bits per byte too (meaningless for random weights). Needs the node
-side environment (`bash .ci/side_envs.sh node`), Chromium at /usr/bin/chromium, and the `demo` and `dev` extras.
+as trained ones; but the Gradio page streams whole words, and random weights write few spaces, so its latency is
+only meaningful for a trained model (`--model out/quickstart/best`). --dataset scores both graphs' bits per byte too.
+Needs the node side environment (`bash .ci/side_envs.sh node`), Chromium at /usr/bin/chromium, and the `demo` and
+`dev` extras.
 """
 
 import argparse
@@ -75,12 +77,11 @@ def browser_round(browser, url: str, dtype: str) -> dict:
     context = browser.new_context()
     try:
         page = context.new_page()
-        page.goto(url)
+        page.goto(f"{url}?dtype={dtype}")  # the page loads that graph alone
         page.wait_for_function("document.getElementById('status').dataset.state === 'ready'", timeout=300_000)
         page.fill("#prompt", SEED_PROMPT)
         page.fill("#new-tokens", str(NEW_TOKENS))
         page.check("#greedy")
-        page.select_option("#dtype", dtype)
         page.click("#write")
         page.wait_for_function(
             "['done', 'error'].includes(document.getElementById('status').dataset.state)", timeout=300_000
@@ -99,7 +100,8 @@ def browser_round(browser, url: str, dtype: str) -> dict:
 
 
 def visit(url: str) -> dict:
-    """One visitor of the Gradio app: the latency to the first streamed token, and tokens/s once it streams."""
+    """One visitor of the Gradio app: the latency to the first streamed words (queue included), and tokens/s from
+    then on."""
     client = Client(url, verbose=False)
     started = time.perf_counter()
     job = client.submit(SEED_PROMPT, NEW_TOKENS, 0.8, 200, 1.0, 0, True, api_name="/story")

@@ -177,6 +177,8 @@ def test_the_static_page_writes_our_greedy_story_from_its_own_files(static_space
     with static_server(static_space) as url, page_with_log(browser) as (page, log):
         page.goto(url)
         page.wait_for_function("document.getElementById('status').dataset.state === 'ready'", timeout=STORY_TIMEOUT_MS)
+        graphs = [request for request in log if request.endswith(".onnx")]
+        assert [request.rsplit("/", 1)[1] for request in graphs] == ["model_quantized.onnx"]  # the smaller first
         write_on_the_static_page(page, PROMPT, "fp32")
         assert page.get_attribute("#status", "data-state") == "done", page.inner_text("#status")
         assert page.inner_text("#story") == our_greedy_story(model, tokenizer, PROMPT)
@@ -189,7 +191,7 @@ def test_the_static_page_writes_our_greedy_story_from_its_own_files(static_space
         write_on_the_static_page(page, " ", "fp32")
         assert page.get_attribute("#status", "data-state") == "error"
         assert page.inner_text("#status").startswith("The prompt is empty")
-        assert any(url.endswith("model/onnx/model_quantized.onnx") for url in log)
+        assert any(request.endswith("model/onnx/model.onnx") for request in log)
         assert log and not log.outside(), log.outside()
 
 

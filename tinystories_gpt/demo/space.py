@@ -95,7 +95,7 @@ def write_static_space(
         (folder / BROWSER_FOLDER).mkdir()
         for name, source in browser_files.items():
             shutil.copyfile(source, folder / BROWSER_FOLDER / name)
-        graphs = {"fp32": ONNX_PATH, "q8": QUANTIZED_PATH}
+        graphs = {"q8": QUANTIZED_PATH, "fp32": ONNX_PATH}  # the page offers the smaller download first
         described = {
             dtype: {
                 "label": GRAPH_LABELS[dtype],
@@ -112,6 +112,7 @@ def write_static_space(
             "new_tokens": max(1, context * 3 // 4),
             "examples": list(EXAMPLE_PROMPTS),
             "graphs": described,
+            "default_dtype": "q8",
             "scored_on": None if dataset is None else f"the validation split of {dataset}",
             "transformers_js": package_version(Path(node_modules) / "@huggingface/transformers"),
             "onnxruntime_web": package_version(Path(node_modules) / "onnxruntime-web"),
@@ -162,7 +163,8 @@ def static_card(demo: dict, title: str) -> SpaceCard:
 Stories written in your browser: the page runs the model with
 [transformers.js](https://github.com/huggingface/transformers.js) {demo["transformers_js"]} and ONNX Runtime Web
 {demo["onnxruntime_web"]} (WebAssembly, one thread), from files this Space serves itself: no CDN, no Hub, no server
-at run time. Choose the 8-bit weights (ONNX Runtime's dynamic quantization) for a smaller download.
+at run time. It loads the 8-bit weights (ONNX Runtime's dynamic quantization), the smaller download; choose float32
+for the model exactly as it was trained (or open the page as `index.html?dtype=fp32`).
 
 | weights | graph | graph size | whole download | bits per byte |
 |---|---|---|---|---|

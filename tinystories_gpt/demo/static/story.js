@@ -4,7 +4,8 @@
 //
 // #status carries the page's state for scripts and tests: data-state (loading, ready, writing, done, error), and
 // once a story is done data-new-tokens, data-seconds and data-first-token-ms (from the click); data-ready-ms is the
-// time from the page's navigation to the model being ready.
+// time from the page's navigation to the model being ready. The page loads the 8-bit graph, the smaller download,
+// unless its address says ?dtype=fp32; the other is fetched the first time it is chosen.
 import {
   AutoModelForCausalLM,
   AutoTokenizer,
@@ -136,6 +137,9 @@ for (const [dtype, graph] of Object.entries(demo.graphs)) {
   const figure = graph.bits_per_byte === null ? "" : `, ${graph.bits_per_byte.toFixed(3)} bits per byte`;
   $("dtype").append(new Option(`${graph.label} (${megabytes(graph.download_bytes)}${figure})`, dtype));
 }
+// the smaller download first, unless the address asks for the other graph (?dtype=fp32)
+const asked = new URLSearchParams(location.search).get("dtype");
+$("dtype").value = asked in demo.graphs ? asked : demo.default_dtype;
 $("write").onclick = () => run(write);
 $("stop").onclick = () => stopper.interrupt();
 
