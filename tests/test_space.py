@@ -84,6 +84,18 @@ def test_a_static_space_needs_transformers_js_from_npm(tiny_model, tmp_path):
     assert not (tmp_path / "space").exists()
 
 
+def test_a_static_space_refuses_a_missing_dataset_before_exporting(tiny_model, tmp_path, monkeypatch):
+    node_modules = tmp_path / "node_modules"  # a stand-in for the npm packages: the files, empty
+    for source in space.BROWSER_FILES.values():
+        (node_modules / source).parent.mkdir(parents=True, exist_ok=True)
+        (node_modules / source).write_text("")
+    (node_modules / "@huggingface" / "transformers" / "package.json").write_text(json.dumps({"version": "4.3.1"}))
+    monkeypatch.setattr(space, "export_onnx", lambda *args, **kwargs: pytest.fail("exported before the checks"))
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        space.write_static_space(tiny_model, tmp_path / "space", node_modules=node_modules, dataset=tmp_path / "x")
+    assert not (tmp_path / "space").exists()
+
+
 def test_push_creates_a_space_then_makes_it_hold_exactly_the_folder(tmp_path, fake_hub, capsys):
     folder = space.write_gradio_space(REPO_ID, tmp_path / "space")
     assert convert.main(["push", str(folder), REPO_ID, "--space"]) == 0

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from huggingface_hub import SpaceCard, SpaceCardData
 
+from ..data.sources import load_text_splits
 from ..evaluation.stories import EXAMPLE_PROMPTS
 from ..export.checks import save_checked
 from ..export.hub import LICENSE, TAGS, check_model_folder
@@ -79,10 +80,12 @@ def write_static_space(
         )
     check_model_folder(model_dir)
     check_output(output_dir, overwrite)
+    # loaded first, so that a bad --dataset is refused before the export's minutes
+    validation = None if dataset is None else load_text_splits(dataset, splits=("validation",))["validation"]
 
     def write(folder: Path) -> None:
         export = export_onnx(model_dir, folder / ".onnx-export", quantize=True)
-        scores = score_onnx_folder(export, dataset) if dataset is not None else {}
+        scores = score_onnx_folder(export, validation) if validation is not None else {}
         for path in sorted(export.rglob("*")):
             if path.is_file() and path.name not in EXPORT_LEFT_OUT:
                 target = folder / MODEL_FOLDER / path.relative_to(export)

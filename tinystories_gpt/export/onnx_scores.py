@@ -12,10 +12,10 @@ from pathlib import Path
 import onnxruntime
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from ..data.batches import IGNORE_INDEX, sequential_batches
-from ..data.sources import load_text_splits
 from ..data.token_files import TokenFile, tokenize_split
 from ..evaluation.losses import load_metric
 from .onnx import ONNX_PATH, QUANTIZED_PATH, empty_cache, run_step
@@ -42,16 +42,15 @@ def score_graph(path: Path, config: PretrainedConfig, split: TokenFile, batch_si
 
 
 def score_onnx_folder(
-    folder: str | Path, dataset: str | Path, split: str = "validation", cache_dir: str | Path | None = None
+    folder: str | Path, texts: Dataset, split: str = "validation", cache_dir: str | Path | None = None
 ) -> dict[str, dict[str, float]]:
-    """{"fp32": figures, "q8": figures} for the graphs an ONNX folder (`convert.py onnx`) holds, on `dataset`'s
-    `split` (a local path or a Hub dataset, as `tinystories-evaluate --dataset` takes)."""
+    """{"fp32": figures, "q8": figures} for the graphs an ONNX folder (`convert.py onnx`) holds, on the stories of
+    `texts` (a split of `data.sources.load_text_splits`, named `split`)."""
     folder = Path(folder)
     graphs = {name: folder / path for name, path in GRAPHS.items() if (folder / path).is_file()}
     if not graphs:
         raise FileNotFoundError(f"{folder} holds no {ONNX_PATH}; write the folder with convert.py onnx")
     config, tokenizer = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    texts = load_text_splits(dataset, splits=(split,))[split]
     with tempfile.TemporaryDirectory() as scratch:
         token_file = tokenize_split(texts, tokenizer, cache_dir or scratch, split)
         return {name: score_graph(path, config, token_file) for name, path in graphs.items()}
