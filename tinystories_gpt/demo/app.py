@@ -94,8 +94,8 @@ class Progress(StoppingCriteria):
 class StoryWriter:
     """A causal language model and its tokenizer: the checks the page's settings get, and the streamed story."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str):
-        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+    def __init__(self, model: torch.nn.Module, tokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
         self.context = model.config.max_position_embeddings  # the context under the name every causal LM has
         defaults = model.generation_config
         self.temperature = defaults.temperature if defaults.do_sample and defaults.temperature else TEMPERATURE
@@ -122,7 +122,7 @@ class StoryWriter:
             )
         model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-        return cls(model.to(device), tokenizer, str(model_id))
+        return cls(model.to(device), tokenizer)
 
     def prompt_ids(self, prompt: str, max_new_tokens: int) -> torch.Tensor:
         """The prompt's token ids, once it and the story after it are known to fit the context."""

@@ -215,9 +215,9 @@ def write_gradio_space(
     def write(folder: Path) -> None:
         shutil.copyfile(APP_SOURCE, folder / "story_demo.py")
         (folder / "app.py").write_text(
-            f'"""The story demo for {model_id}: story_demo.py is tinystories-gpt\'s demo/app.py, written here by '
-            f'`convert.py space {model_id} OUT --sdk gradio`."""\n\n'
-            "from story_demo import build_demo, launch\n\n"
+            f'"""The story demo for {model_id}, as `convert.py space {model_id} OUT --sdk gradio` wrote it:\n'
+            "story_demo.py is tinystories-gpt's demo/app.py, which needs only gradio, torch and transformers.\n"
+            '"""\n\nfrom story_demo import build_demo, launch\n\n'
             f"launch(build_demo({model_id!r}, trust_remote_code=True))  # the model's code travels with its weights\n"
         )
         requirements = "".join(f"{name}=={versions[name]}\n" for name in PINNED)
