@@ -1,4 +1,4 @@
-"""Convert checkpoints and models: `python convert.py {nanogpt,checkpoint,gpt2,from-gpt2,gguf,onnx,push} ...`.
+"""Convert checkpoints and models: `python convert.py {nanogpt,checkpoint,gpt2,from-gpt2,gguf,onnx,space,push} ...`.
 
 The same command as `tinystories-convert`; the code lives in tinystories_gpt/cli/convert.py.
 """

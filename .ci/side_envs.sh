@@ -5,7 +5,8 @@
 #   .side-envs/llama-cpp/   llama-cpp-python, compiled here from its sdist, as an importable folder (PYTHONPATH)
 #   .side-envs/llama.cpp/   the llama.cpp source from that sdist: convert_hf_to_gguf.py and gguf-py
 #   .side-envs/lens/        venv: TransformerLens 4.x
-#   .side-envs/node/        node_modules with @huggingface/transformers (transformers.js)
+#   .side-envs/node/        node_modules with @huggingface/transformers (transformers.js; its onnxruntime-web holds
+#                           the WebAssembly files the static demo page copies: convert.py space --sdk static)
 #
 # Usage: bash .ci/side_envs.sh [tf457|llama|lens|node ...]   (no argument: all of them)
 # Each part is skipped when already built; the compiled llama-cpp-python wheel is kept in .side-envs/cache/, so

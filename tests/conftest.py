@@ -1,11 +1,12 @@
-"""Shared fixtures: an isolated Hugging Face cache, (from fake_hub.py) an in-memory Hub, and (from exports.py) the
-story models the export tests train once per session."""
+"""Shared fixtures: an isolated Hugging Face cache, (from fake_hub.py) an in-memory Hub, (from exports.py) the
+story models the export tests train once per session, and (from browsers.py) a headless Chromium."""
 
 from pathlib import Path
 
 import datasets.config
 import huggingface_hub.constants
 import pytest
+from browsers import browser  # noqa: F401  (re-exported as a fixture)
 from exports import story_models  # noqa: F401  (re-exported as a fixture)
 from fake_hub import fake_hub  # noqa: F401  (re-exported as a fixture)
 

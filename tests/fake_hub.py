@@ -1,19 +1,19 @@
 """An in-memory Hugging Face Hub for tests, served through huggingface_hub's replaceable HTTP client.
 
-`FakeHub` holds repos (type "model" or "dataset", id "org/name") whose files are bytes, and answers the read
-routes that `hf_hub_download`, `snapshot_download`, `from_pretrained` and `datasets.load_dataset` use:
+`FakeHub` holds repos (type "model", "dataset" or "space", id "org/name") whose files are bytes, and answers the
+read routes that `hf_hub_download`, `snapshot_download`, `from_pretrained` and `datasets.load_dataset` use:
 
-    GET       /api/{models,datasets}/{repo}[/revision/{rev}]        repo info (id, sha, siblings)
-    GET       /api/{models,datasets}/{repo}/tree/{rev}[/{dir}]      file listing (?recursive=true)
-    HEAD/GET  [/datasets]/{repo}/resolve/{rev}/{path}              file, with ETag / X-Repo-Commit / Content-Length
+    GET       /api/{models,datasets,spaces}/{repo}[/revision/{rev}]    repo info (id, sha, siblings; a Space's sdk)
+    GET       /api/{models,datasets,spaces}/{repo}/tree/{rev}[/{dir}]  file listing (?recursive=true)
+    HEAD/GET  [/datasets|/spaces]/{repo}/resolve/{rev}/{path}         file, with ETag / X-Repo-Commit / Content-Length
 
 and the push routes that `HfApi.create_repo` + `upload_folder` (and `push_to_hub`) use:
 
-    POST      /api/repos/create                                     create a repo (409 if it exists)
-    POST      /api/{models,datasets}/{repo}/branch/{branch}        branch off main (409 if it exists)
-    POST      /api/validate-yaml                                    README.md metadata check
-    POST      /api/{models,datasets}/{repo}/preupload/{rev}        every file goes "regular" (inline, no LFS)
-    POST      /api/{models,datasets}/{repo}/commit/{rev}           NDJSON commit: added and deleted files
+    POST      /api/repos/create                                        create a repo (409 if it exists)
+    POST      /api/{models,datasets,spaces}/{repo}/branch/{branch}    branch off main (409 if it exists)
+    POST      /api/validate-yaml                                       README.md metadata check
+    POST      /api/{models,datasets,spaces}/{repo}/preupload/{rev}    every file goes "regular" (inline, no LFS)
+    POST      /api/{models,datasets,spaces}/{repo}/commit/{rev}       NDJSON commit: added and deleted files
 
 Anything else answers 404 with `X-Error-Code: EntryNotFound`, which is how the Hub says "no such file", so
 probes for optional files (README.md, dataset_infos.json, ...) fall through cleanly. More routes are added with
@@ -43,7 +43,8 @@ except ImportError:  # pragma: no cover - older layouts
     default_client_factory = None
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
-REPO_TYPE_PREFIXES = {"model": "models", "dataset": "datasets"}
+REPO_TYPE_PREFIXES = {"model": "models", "dataset": "datasets", "space": "spaces"}
+URL_TYPES = {prefix: repo_type for repo_type, prefix in REPO_TYPE_PREFIXES.items()}  # a URL's plural -> repo type
 
 Handler = Callable[[httpx.Request, dict[str, str]], httpx.Response]
 
@@ -65,6 +66,7 @@ class FakeRepo:
     files: dict[str, bytes] = field(default_factory=dict)
     private: bool = False
     branches: dict[str, "FakeRepo"] = field(default_factory=dict)  # revisions other than main
+    sdk: str | None = None  # a Space's, as create_repo gave it
 
     @property
     def sha(self) -> str:
@@ -82,11 +84,11 @@ class FakeHub:
         self.repos: dict[tuple[str, str], FakeRepo] = {}
         self.requests: list[httpx.Request] = []
         self._routes: list[tuple[set[str], re.Pattern[str], Handler]] = []
-        types = r"(?P<type>models|datasets)"
+        types = r"(?P<type>models|datasets|spaces)"
         self.add_route("GET", rf"/api/{types}/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", self._tree)
         self.add_route("GET", rf"/api/{types}/{REPO}(?:/revision/(?P<rev>[^/]+))?", self._repo_info)
         self.add_route(
-            "HEAD GET", rf"(?:/(?P<type>datasets))?/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve
+            "HEAD GET", rf"(?:/(?P<type>datasets|spaces))?/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self._resolve
         )
         self.add_route("POST", r"/api/repos/create", self._create_repo)
         self.add_route("POST", rf"/api/{types}/{REPO}/branch/(?P<branch>[^/]+)", self._create_branch)
@@ -134,8 +136,7 @@ class FakeHub:
 
     def repo(self, groups: dict[str, str]) -> FakeRepo | None:
         """The repo a route's match names (`type` is the URL's plural, absent for models on resolve URLs)."""
-        repo_type = "dataset" if groups.get("type") == "datasets" else "model"
-        return self.repos.get((repo_type, groups["repo"]))
+        return self.repos.get((URL_TYPES.get(groups.get("type"), "model"), groups["repo"]))
 
     def _lookup(self, groups: dict[str, str]) -> FakeRepo | httpx.Response:
         repo = self.repo(groups)
@@ -161,6 +162,8 @@ class FakeHub:
             "tags": [],
             "siblings": [{"rfilename": path} for path in sorted(repo.files)],
         }
+        if repo.repo_type == "space":
+            info["sdk"] = repo.sdk
         return httpx.Response(200, json=info)
 
     def _tree(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:
@@ -207,8 +210,11 @@ class FakeHub:
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
         repo_type = payload.get("type") or "model"
         if (repo_type, repo_id) in self.repos:
-            return httpx.Response(409, json={"error": "You already created this model repo", "url": repo_id})
-        self.add_repo(repo_id, {}, repo_type).private = payload.get("visibility") == "private"
+            return httpx.Response(409, json={"error": f"You already created this {repo_type} repo", "url": repo_id})
+        if repo_type == "space" and payload.get("sdk") not in ("gradio", "docker", "static"):
+            return httpx.Response(400, json={"error": f"a Space needs an sdk (gradio, docker, static): {payload}"})
+        repo = self.add_repo(repo_id, {}, repo_type)
+        repo.private, repo.sdk = payload.get("visibility") == "private", payload.get("sdk")
         return httpx.Response(200, json={"url": f"{self.endpoint}/{repo_id}", "name": repo_id})
 
     def _create_branch(self, request: httpx.Request, groups: dict[str, str]) -> httpx.Response:

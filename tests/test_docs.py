@@ -7,9 +7,14 @@ Each page runs top to bottom in a scratch folder of its own, as a reader would i
   best_model_params.pt are a nanoGPT checkpoint and a bare state dict, for the pages that convert them;
 - the Hub is tests/fake_hub.py served on 127.0.0.1 (HF_ENDPOINT), so pushes and pulls by repo id are real.
 
-The environment is the one this suite runs in: commands that make it (`python -m venv`, `pip install`) are what
-.ci/run does, checked below, and not run again; `python -m pytest` is this suite itself. A block that needs a GPU
-(`<!-- docs-test: needs N GPUs -->` above it) runs, alone, only where there are that many.
+The environment is the one this suite runs in: commands that make it (`python -m venv`, `pip install`, and the
+`npm install` of transformers.js that .ci/side_envs.sh does) are what .ci/run does, checked below, and not run
+again; `python -m pytest` is this suite itself. A comment above a block says what else it needs:
+
+    <!-- docs-test: needs N GPUs -->            it runs, alone, only where there are that many
+    <!-- docs-test: needs the node side env --> the page runs with node_modules/ from .side-envs/node (else it skips)
+    <!-- docs-test: serves on port P -->        a server: it runs in the background on a free port instead of P
+                                                until it answers there, then it is stopped
 """
 
 import os
@@ -23,15 +28,27 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from browsers import free_port, serving
+from exports import side_env
 from fake_hub import FakeHub, serve_on_loopback
 from runs import REPO, small_stories
+
+from tinystories_gpt.demo.space import TRANSFORMERS_JS
 
 pytestmark = pytest.mark.slow  # every page trains, converts and serves
 
 PAGES = ["README.md", "DEVELOPING.md", *sorted(str(path.relative_to(REPO)) for path in (REPO / "docs").glob("*.md"))]
 NEEDS_GPUS = re.compile(r"<!-- docs-test: needs (\d+) GPUs? -->")
+NEEDS_NODE = "<!-- docs-test: needs the node side env -->"
+SERVES = re.compile(r"<!-- docs-test: serves on port (\d+) -->")
 # What makes the environment (.ci/run does it) and the suite itself: read, checked against .ci/run, not run
-NOT_RUN = [r"python -m venv \.venv", r"\. \.venv/bin/activate", r"pip install [^&\n]*", r"python -m pytest[^&\n]*"]
+NOT_RUN = [
+    r"python -m venv \.venv",
+    r"\. \.venv/bin/activate",
+    r"pip install [^&\n]*",
+    r"npm install [^&\n]*",
+    r"python -m pytest[^&\n]*",
+]
 TINY_SHAPE = {"block_size": 128, "n_layer": 2, "n_head": 2, "n_embd": 32}  # the real context: prompts fit
 TINY_RUN = {
     "batch_size": 4,
@@ -55,6 +72,8 @@ class Block:
     language: str
     code: str
     gpus: int  # the CUDA GPUs the block needs (the DDP and FSDP launches: 8, as their configs say)
+    node: bool = False  # it needs transformers.js from npm (node_modules/)
+    port: int | None = None  # the port of the server it starts
 
 
 def blocks(page: str) -> list[Block]:
@@ -69,9 +88,15 @@ def blocks(page: str) -> list[Block]:
             continue
         end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
         if opening.group(1) in ("bash", "python"):
-            needs = NEEDS_GPUS.fullmatch(lines[index - 1].strip()) if index > 0 else None
-            gpus = int(needs.group(1)) if needs else 0
-            found.append(Block(page, index + 1, opening.group(1), "\n".join(lines[index + 1 : end]) + "\n", gpus))
+            above = lines[index - 1].strip() if index > 0 else ""
+            gpus, serves = NEEDS_GPUS.fullmatch(above), SERVES.fullmatch(above)
+            code = "\n".join(lines[index + 1 : end]) + "\n"
+            found.append(
+                Block(
+                    page, index + 1, opening.group(1), code, int(gpus.group(1)) if gpus else 0,
+                    node=above == NEEDS_NODE, port=int(serves.group(1)) if serves else None,
+                )
+            )  # fmt: skip
         index = end + 1
     return found
 
@@ -128,6 +153,11 @@ def run_block(block: Block, scratch: Path, env: dict[str, str]) -> None:
         if block.language == "bash" and re.fullmatch(r"(\s|true|ruff [^\n&]*|&&|#[^\n]*)*", command[-1])
         else scratch
     )
+    if block.port is not None:  # a server: on a free port, until it answers there
+        port = free_port()
+        command[-1] = re.sub(rf"\b{block.port}\b", str(port), command[-1])
+        with serving(command, f"http://127.0.0.1:{port}/", cwd=cwd, env=env):
+            return
     result = subprocess.run(command, input=stdin, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (
         f"{block.page} line {block.line} failed ({result.returncode}):\n{block.code}\n--- stdout\n"
@@ -158,12 +188,24 @@ def test_the_commands_not_run_are_what_ci_runs():
     assert 'pip install --quiet -e ".[dev]"' in ci and "\npython -m pytest -q\n" in ci
     readme = (REPO / "README.md").read_text()
     assert 'pip install -e ".[dev]"' in readme and "python -m pytest -q" in readme
+    side_envs = (REPO / ".ci" / "side_envs.sh").read_text()
+    assert (
+        f"TRANSFORMERS_JS={TRANSFORMERS_JS}\n" in side_envs
+        and '"@huggingface/transformers@$TRANSFORMERS_JS"' in side_envs
+    )
+    npm_installs = [
+        line for page in PAGES for block in blocks(page) for line in block.code.splitlines() if "npm install" in line
+    ]
+    assert all(f"@huggingface/transformers@{TRANSFORMERS_JS}" in line for line in npm_installs), npm_installs
 
 
 @pytest.mark.parametrize("page", [page for page in PAGES if any(not block.gpus for block in blocks(page))])
 def test_every_block_of_the_page_runs(page, stand_ins, tmp_path):
     page_blocks = [block for block in blocks(page) if not block.gpus]
     scratch = make_scratch(tmp_path / "checkout", small_stories(tmp_path / "small-stories"))
+    if any(block.node for block in page_blocks):  # what the page's `npm install` makes
+        package = side_env("node/node_modules/@huggingface/transformers", "transformers.js")
+        (scratch / "node_modules").symlink_to(package.parents[1])
     if page != "README.md":  # the README trains the quickstart itself
         shutil.copytree(stand_ins / "out", scratch / "out")
         shutil.copyfile(stand_ins / "best_model_params.pt", scratch / "best_model_params.pt")

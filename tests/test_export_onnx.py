@@ -72,3 +72,19 @@ def test_transformers_js_generates_our_greedy_story_offline(story_models, tokeni
     assert seen["prompt_ids"] == prompt_ids
     continuation = up_to_eos(seen["output_ids"][len(prompt_ids) :], model.config.eos_token_id)
     assert continuation == our_greedy(model, prompt_ids)
+
+
+def test_quantize_adds_a_checked_8bit_graph_that_onnx_runtime_runs(story_models, tmp_path, capsys):
+    from tinystories_gpt.cli import convert
+
+    model, text_tokenizer = story_models.ours("bpe")
+    folder = tmp_path / "onnx-q8"
+    assert convert.main(["onnx", str(story_models.hub_folder("bpe")), str(folder), "--quantize"]) == 0
+    assert "logits match" in capsys.readouterr().out
+    fp32, q8 = (folder / "onnx" / name for name in ("model.onnx", "model_quantized.onnx"))
+    assert q8.stat().st_size < fp32.stat().st_size / 2
+    session = onnxruntime.InferenceSession(q8)
+    prompt_ids = text_tokenizer(prompt())["input_ids"]
+    step = run_step(session, torch.tensor([prompt_ids]), empty_cache(model.config, 1))
+    first_token = int(step["logits"][0, -1].argmax())
+    assert 0 <= first_token < model.config.vocab_size and np.isfinite(step["logits"]).all()

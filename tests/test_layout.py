@@ -28,6 +28,9 @@ ORDER = [
     "export.gpt2",
     "export.gguf",
     "export.onnx",
+    "export.onnx_scores",
+    "demo.app",
+    "demo.space",
     "training.budget",
     "training.presets",
     "training.arguments",
@@ -48,6 +51,8 @@ ORDER = [
     "cli.evaluate",
     "cli.generate",
     "cli.convert",
+    "cli.demo",
+    "demo.__main__",
 ]
 
 

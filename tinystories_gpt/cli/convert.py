@@ -6,8 +6,11 @@
     python convert.py gpt2 hf/ hf-gpt2/                             # plain GPT2LMHeadModel, no custom code
     python convert.py from-gpt2 hf-gpt2/ hf/
     python convert.py gguf hf/ model.gguf [--outtype f32|f16|q8_0]   # for llama.cpp (hf/ or hf-gpt2/)
-    python convert.py onnx hf/ hf-onnx/                             # for ONNX Runtime, transformers.js, optimum
+    python convert.py onnx hf/ hf-onnx/ [--quantize]                # for ONNX Runtime, transformers.js, optimum
+    python convert.py space hf/ space/ --sdk static [--dataset D]    # a Space running the model in the browser
+    python convert.py space user/tinystories-gpt space/ --sdk gradio  # a Space serving the Gradio demo
     python convert.py push hf/ user/tinystories-gpt [--private] [--revision R]
+    python convert.py push space/ user/tinystories-stories --space
 
 Every conversion checks the written model's logits against its source before it reports success (GGUF by
 reading the file back, ONNX by running it in ONNX Runtime). Bad input is reported as one line on stderr with
@@ -19,12 +22,13 @@ import importlib
 import sys
 
 from ..export.gpt2 import export_gpt2, import_gpt2
-from ..export.hub import push_to_hub
+from ..export.hub import push_space, push_to_hub
 from ..export.nanogpt import convert_nanogpt, convert_training_checkpoint
 from ..signals import stop_on_signal
 from .exit_status import run_command
 
 SHAPE_OPTIONS = ("n_head", "block_size", "vocab_size", "n_layer", "n_embd")
+SPACE_DEFAULTS = {"node_modules": "node_modules", "dataset": None}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,11 +67,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     onnx = commands.add_parser("onnx", help="TinyStoriesGPT or GPT-2 folder -> GPT-2 folder with onnx/model.onnx")
     onnx.add_argument("model_dir")
     onnx.add_argument("output_dir")
+    onnx.add_argument("--quantize", action="store_true", help="also onnx/model_quantized.onnx, 8-bit weights")
     onnx.add_argument("--overwrite", action="store_true")
 
-    push = commands.add_parser("push", help="upload a Hub-ready folder to a Hub model repo")
+    space = commands.add_parser("space", help="model folder or Hub id -> a Hub Space folder for the story demo")
+    space.add_argument("model", help="--sdk static: a model folder; --sdk gradio: the model's Hub id")
+    space.add_argument("output_dir")
+    space.add_argument("--sdk", required=True, help="static (the model runs in the browser) or gradio (on the Space)")
+    space.add_argument("--node_modules", default=SPACE_DEFAULTS["node_modules"], help="--sdk static: transformers.js")
+    space.add_argument("--dataset", default=None, help="--sdk static: score both graphs on its validation split")
+    space.add_argument("--title", default=None)
+    space.add_argument("--overwrite", action="store_true")
+
+    push = commands.add_parser("push", help="upload a Hub-ready folder to a Hub model repo (or a Space folder)")
     push.add_argument("model_dir")
     push.add_argument("repo_id", help="user/name or org/name")
+    push.add_argument("--space", action="store_true", help="the folder is a convert.py space folder: a Space repo")
     push.add_argument("--private", action="store_true", default=None, help="create the repo private")
     push.add_argument("--revision", default=None, help="branch to commit to (created if needed)")
     return parser.parse_args(argv)
@@ -103,11 +118,46 @@ def run(args: argparse.Namespace) -> str:
         export_gguf = export_function("export_gguf")
         out = export_gguf(args.model_dir, args.output_file, outtype=args.outtype, overwrite=args.overwrite)
     elif args.command == "onnx":
-        out = export_function("export_onnx")(args.model_dir, args.output_dir, overwrite=args.overwrite)
+        out = export_function("export_onnx")(
+            args.model_dir, args.output_dir, overwrite=args.overwrite, quantize=args.quantize
+        )
+    elif args.command == "space":
+        out = write_space(args)
+        return f"wrote {out}, {space_module().describe_space(out)}"
+    elif args.space:
+        if args.revision is not None:
+            raise ValueError("a Space serves its main branch: drop --revision, or push to another Space")
+        url = push_space(args.model_dir, args.repo_id, private=args.private)
+        return f"pushed {args.model_dir} to the Space {args.repo_id}: {url}"
     else:
         url = push_to_hub(args.model_dir, args.repo_id, private=args.private, revision=args.revision)
         return f"pushed {args.model_dir} to {args.repo_id}: {url}"
     return f"wrote {out} (logits match the source weights)"
+
+
+def write_space(args: argparse.Namespace):
+    """The Space folder of `--sdk`; the library refuses the rest of the bad input."""
+    if args.sdk == "static":
+        return space_module().write_static_space(
+            args.model, args.output_dir, node_modules=args.node_modules, dataset=args.dataset, title=args.title,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    if args.sdk == "gradio":
+        for flag in ("node_modules", "dataset"):
+            if getattr(args, flag) != SPACE_DEFAULTS[flag]:
+                raise ValueError(f"--{flag} is for --sdk static (the model runs on the Space): drop it")
+        return space_module().write_gradio_space(
+            args.model, args.output_dir, title=args.title, overwrite=args.overwrite
+        )
+    raise ValueError(f"--sdk must be static or gradio, got {args.sdk!r}")
+
+
+def space_module():
+    """demo/space.py, imported only when asked for: its static Space is an ONNX export (the `export` extra)."""
+    try:
+        return importlib.import_module("tinystories_gpt.demo.space")
+    except ModuleNotFoundError as error:
+        raise ValueError(f"convert.py space needs {error.name!r}: pip install 'tinystories-gpt[demo]'") from None
 
 
 def export_function(name: str):

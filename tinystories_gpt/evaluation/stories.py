@@ -5,6 +5,13 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 SEED_PROMPT = "Once upon a time there was a pumpkin."
+# The story demo's examples (demo/app.py keeps a copy, being self-contained; a test keeps the two equal)
+EXAMPLE_PROMPTS = (
+    SEED_PROMPT,
+    "Lily found a red ball in the park.",
+    "Tom wanted to fly like a bird.",
+    "The little dog was sad because",
+)
 # Stories want variety but not nonsense: nanoGPT's sample.py defaults, also saved as the model's generation_config.
 TEMPERATURE = 0.8
 TOP_K = 200

@@ -1,4 +1,4 @@
-"""The Hub-ready model folder, written atomically, and its upload.
+"""The Hub-ready model folder, written atomically, and its upload (a Space folder's too).
 
 A Hub-ready folder holds everything `from_pretrained` and the Hub page need, with nothing from this package:
 
@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -42,6 +42,7 @@ LOSS_CURVE_NAME = "loss_curve.png"
 HUB_FOLDER_FILES = ("config.json", "model.safetensors", "generation_config.json", "README.md")
 # What the saved code needs, for the card: the same as pyproject.toml's (a test keeps them equal)
 TRANSFORMERS_REQUIREMENT = "transformers>=5.24,<6"
+SPACE_SDKS = ("static", "gradio")  # the Spaces demo/space.py writes
 
 
 # 1. The folder's contents -------------------------------------------------------------------------------------
@@ -335,8 +336,39 @@ def push_to_hub(
     return commit.commit_url
 
 
+def push_space(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    commit_message: str = "Upload the story demo",
+    token: str | None = None,
+) -> str:
+    """Create or update the Space `repo_id` so that it holds exactly `folder` (a `convert.py space` folder);
+    returns the commit URL. Files the folder no longer has are deleted from the Space."""
+    folder = Path(folder)
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no README.md, so it is not a Space folder: write one with "
+            f"`convert.py space MODEL {folder} --sdk static` (or --sdk gradio)"
+        )
+    sdk = SpaceCard.load(readme).data.sdk
+    if sdk not in SPACE_SDKS:
+        raise ValueError(f"{readme} names no Space SDK (sdk: {sdk!r}); write the folder with convert.py space")
+    if repo_id.count("/") != 1:
+        raise ValueError(f"Space id {repo_id!r} must look like user/name (or org/name)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="space", space_sdk=sdk, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=folder, repo_type="space", commit_message=commit_message, delete_patterns="*"
+    )
+    return commit.commit_url
+
+
 __all__ = [
     "load_model_and_tokenizer",
+    "push_space",
     "push_to_hub",
     "render_model_card",
     "save_hub_folder",
