@@ -6,9 +6,15 @@ from pathlib import Path
 import datasets.config
 import huggingface_hub.constants
 import pytest
+import torch
 from browsers import browser  # noqa: F401  (re-exported as a fixture)
 from exports import story_models  # noqa: F401  (re-exported as a fixture)
 from fake_hub import fake_hub  # noqa: F401  (re-exported as a fixture)
+from transformers import AutoTokenizer
+
+from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
+from tinystories_gpt.data.tokenization import GPT2_TOKENIZER_DIR
+from tinystories_gpt.export.hub import save_hub_folder
 
 
 @pytest.fixture
@@ -29,3 +35,12 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             if isinstance(value, str | Path) and str(value).startswith(real_home):
                 monkeypatch.setattr(module, name, type(value)(str(home) + str(value)[len(real_home) :]))
     return home
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random 2 x 2 x 32 model with GPT-2's vocabulary (so a story seldom ends early), context 64."""
+    torch.manual_seed(0)
+    config = TinyStoriesGPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER_DIR)
+    return save_hub_folder(TinyStoriesGPTForCausalLM(config), tokenizer, tmp_path_factory.mktemp("tiny") / "model")

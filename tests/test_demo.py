@@ -15,13 +15,11 @@ import torch
 from browsers import STORY_TIMEOUT_MS, free_port, page_with_log, visible_text
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
 
-from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
 from tinystories_gpt.cli import demo as demo_cli
 from tinystories_gpt.data.tokenization import GPT2_TOKENIZER_DIR
 from tinystories_gpt.demo import app
 from tinystories_gpt.evaluation.stories import EXAMPLE_PROMPTS, SEED_PROMPT
 from tinystories_gpt.export.gpt2 import export_gpt2
-from tinystories_gpt.export.hub import save_hub_folder
 
 REPO = Path(__file__).resolve().parents[1]
 # The README's picture of the page: rewritten by the page test under TINYSTORIES_UPDATE_SCREENSHOTS=1, of the model
@@ -29,15 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "demo.png"
 NEW_TOKENS = 40
 VISITORS = 8
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random 2 x 2 x 32 model with GPT-2's vocabulary (so a story seldom ends early), context 64."""
-    torch.manual_seed(0)
-    config = TinyStoriesGPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-    tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER_DIR)
-    return save_hub_folder(TinyStoriesGPTForCausalLM(config), tokenizer, tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -152,22 +152,24 @@ def test_two_processes_refuse_a_busy_folder_together(tmp_path):
 # Clean stops in every phase
 
 
-@pytest.mark.slow
-def test_sigterm_while_tokenizing_ends_the_workers_and_leaves_no_scratch(tmp_path):
-    """datasets' map with num_proc=2 runs two pool workers and a Manager server: none may outlive the run."""
+def tokenizing_with_workers(tmp_path: Path, **popen) -> tuple[subprocess.Popen, Path]:
+    """train.py started on the bundled stories x 8 (long enough to be caught tokenizing) with --num_proc 2, and its
+    token cache folder."""
     stories = tmp_path / "stories"
     stories.mkdir()
-    (stories / "train.txt").write_text((DATA / "train.txt").read_text() * 8)  # long enough to be caught tokenizing
+    (stories / "train.txt").write_text((DATA / "train.txt").read_text() * 8)
     (stories / "validation.txt").write_text((DATA / "validation.txt").read_text())
     cache = tmp_path / "cache"
     argv = tiny_args(tmp_path, "--dataset", str(stories), "--tokenizer", "gpt2", "--cache_dir", str(cache))
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *argv, "--num_proc", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets")},  # not 23 MB more in the user's cache
-    )
+    command = [sys.executable, str(REPO / "train.py"), *argv, "--num_proc", "2"]
+    datasets_cache = {"HF_DATASETS_CACHE": str(tmp_path / "datasets")}  # not 23 MB more in the user's cache
+    return subprocess.Popen(command, env={**os.environ, **datasets_cache}, **popen), cache
+
+
+@pytest.mark.slow
+def test_sigterm_while_tokenizing_ends_the_workers_and_leaves_no_scratch(tmp_path):
+    """datasets' map with num_proc=2 runs two pool workers and a Manager server: none may outlive the run."""
+    process, cache = tokenizing_with_workers(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     workers = []
     while len(workers) < 3 and time.monotonic() < deadline and process.poll() is None:  # 2 workers, a Manager
@@ -192,18 +194,7 @@ def test_sigterm_while_tokenizing_ends_the_workers_and_leaves_no_scratch(tmp_pat
 @pytest.mark.parametrize("moment", [0.0, 1.5], ids=["as the workers start", "while they tokenize"])
 def test_kill_9_while_tokenizing_leaves_no_process_of_the_run(tmp_path, moment):
     """The kernel ends datasets' workers and Manager with the run (PR_SET_PDEATHSIG): no orphan outlives a kill -9."""
-    stories = tmp_path / "stories"
-    stories.mkdir()
-    (stories / "train.txt").write_text((DATA / "train.txt").read_text() * 8)  # long enough to be caught tokenizing
-    (stories / "validation.txt").write_text((DATA / "validation.txt").read_text())
-    cache = tmp_path / "cache"
-    argv = tiny_args(tmp_path, "--dataset", str(stories), "--tokenizer", "gpt2", "--cache_dir", str(cache))
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *argv, "--num_proc", "2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets")},
-    )
+    process, cache = tokenizing_with_workers(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     workers = []
     while len(workers) < 3 and time.monotonic() < deadline and process.poll() is None:  # 2 workers, a Manager

@@ -15,28 +15,17 @@ from browsers import STORY_TIMEOUT_MS, free_port, page_with_log, serving, static
 from exports import side_env
 from fake_hub import FakeHub, serve_on_loopback
 from huggingface_hub import SpaceCard
-from transformers import AutoTokenizer
 
-from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
 from tinystories_gpt.cli import convert
 from tinystories_gpt.data.sources import load_text_splits
 from tinystories_gpt.data.token_files import tokenize_split
-from tinystories_gpt.data.tokenization import GPT2_TOKENIZER_DIR
 from tinystories_gpt.demo import space
 from tinystories_gpt.evaluation.losses import evaluate_split
-from tinystories_gpt.export.hub import push_space, save_hub_folder
+from tinystories_gpt.export.hub import push_space
 
 REPO_ID = "tester/tiny-stories"
 NEW_TOKENS = 32
 PROMPT = "Tom and his dog went to the park."
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = TinyStoriesGPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-    tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER_DIR)
-    return save_hub_folder(TinyStoriesGPTForCausalLM(config), tokenizer, tmp_path_factory.mktemp("tiny") / "model")
 
 
 def our_greedy_story(model, tokenizer, prompt: str, new_tokens: int = NEW_TOKENS) -> str:
