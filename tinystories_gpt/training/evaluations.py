@@ -11,6 +11,7 @@ import torch
 
 from ..evaluation.losses import estimate_loss, evaluate_split
 from ..evaluation.stories import SEED_PROMPT, sample_stories
+from ..evaluation.story_figures import describe, stories_of
 from ..export.hub import push_to_hub
 from ..files import folder_damage, write_file
 from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
@@ -164,6 +165,10 @@ def final_pass(run: Run) -> dict:
     )
     if accelerator.is_main_process:
         stories = sample_stories(best_model, run.data.tokenizer, max(run.args.num_samples, 1), seed=run.args.seed)
+        held_out = run.data.held_out_stories  # the dev split's when there is one: figures to tune on
+        final["story_figures"] = stories_of(
+            best_model, run.data.tokenizer, held_out, run.data.train_texts, run.args.seed
+        )
         result.update(final, stories=stories)
         save_best(
             run,
@@ -176,7 +181,8 @@ def final_pass(run: Run) -> dict:
         write_file(run.output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n", "the final metrics")
         accelerator.print(
             f"\nvalidation (whole split): loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}, "
-            f"bits per byte {final['bits_per_byte']:.4f}\n\nthe best model's story for {SEED_PROMPT!r}:\n\n"
+            f"bits per byte {final['bits_per_byte']:.4f}\n{describe(final['story_figures'])}\n\n"
+            f"the best model's story for {SEED_PROMPT!r}:\n\n"
             f"{stories[0]}\n\n{describe_output_dir(run.output_dir)}"
         )
         if run.args.push_to_hub:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
@@ -30,6 +31,8 @@ from .parent import build_model, describe_start, load_parent
 from .recipe import check_same_recipe, recipe, write_recipe
 from .records import PhaseClock, Throughput, model_flops_per_token, truncate_metrics
 
+FINAL_STORIES = 20  # stories the final pass writes from held-out openings (and the seed prompt), for their figures
+
 
 @dataclass
 class TrainingData:
@@ -43,6 +46,8 @@ class TrainingData:
     held_out_name: str  # "dev" or "val", the records' key prefix
     held_out_source: str  # the held-out split in words, for the card
     val_split: TokenFile
+    train_texts: Dataset  # the training stories, whose words are the vocabulary the story figures measure against
+    held_out_stories: list[str]  # the first stories of the held-out split, whose openings the final stories continue
     checksums: dict[str, str]  # the SHA-256 of each split's token file, for the recipe
     hub_id: str | None
     validation_source: str
@@ -206,6 +211,8 @@ def load_training_data(
             else prepared.validation_source
         ),
         val_split=prepared.validation,
+        train_texts=prepared.texts["train"],
+        held_out_stories=prepared.texts["dev" if prepared.dev else "validation"]["text"][:FINAL_STORIES],
         checksums={
             f"{name}_tokens_sha256": split.sha256
             for name, split in (("train", prepared.train), ("dev", prepared.dev), ("validation", prepared.validation))
