@@ -21,7 +21,7 @@ from .budget import MIN_WARMUP_STEPS
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 # Transformers' get_scheduler names for these shapes; ours warm up from learning_rate / (warmup_steps + 1), not 0,
 # and decay to min_lr (Transformers' "cosine" and "linear" end at 0: set --min_lr 0 for those)
-LR_SCHEDULER_TYPES = ("cosine", "linear")
+LR_SCHEDULER_TYPES = ("cosine", "linear", "wsd")
 TRACKERS = ("none", "all", "tensorboard", "wandb", "trackio")
 SEED_MAX_ITERS = 25_000
 # Transformers' own registry (which the model dispatches through), so new kernels need no change here; the paged
@@ -221,7 +221,16 @@ class TrainingArguments:
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate, reached after warmup."})
     min_lr: float = field(default=1e-5, metadata={"help": "Learning rate at the end of the decay."})
     lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": f"Decay after warmup: {' or '.join(LR_SCHEDULER_TYPES)}, to min_lr."}
+        default="cosine",
+        metadata={
+            "help": f"Decay after warmup: {', '.join(LR_SCHEDULER_TYPES)}, to min_lr. wsd (warmup-stable-decay) holds "
+            "learning_rate until the last decay_fraction of max_iters, then decays along a cosine: under --max_time "
+            "the run re-plans max_iters at every evaluation before the decay, from the speed it measured since the "
+            "last one."
+        },
+    )
+    decay_fraction: float = field(
+        default=0.2, metadata={"help": "With --lr_scheduler_type wsd: the share of max_iters the final decay takes."}
     )
     warmup_steps: int = field(default=1000, metadata={"help": "Linear warmup, in optimizer steps."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on 2-D weights only."})
@@ -276,6 +285,7 @@ class TrainingArguments:
             self.lr_scheduler_type in LR_SCHEDULER_TYPES,
             f"lr_scheduler_type must be one of {', '.join(LR_SCHEDULER_TYPES)}, got {self.lr_scheduler_type!r}.",
         )
+        require(0 < self.decay_fraction <= 1, f"decay_fraction must lie in (0, 1], got {self.decay_fraction}.")
         require(
             0 <= self.warmup_steps <= (self.max_iters or self.warmup_steps),
             f"warmup_steps ({self.warmup_steps}) must lie between 0 and max_iters ({self.max_iters}).",

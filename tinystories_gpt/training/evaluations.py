@@ -54,6 +54,7 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
         "train_loss": train_loss,
         f"{name}_loss": held_out_loss,
         "lr": learning_rate_at(state.step - 1, run.args),
+        "max_iters": run.args.max_iters,  # the plan in force (a --max_time run's re-plans show here)
         **run.throughput.interval_record(run.accelerator.num_processes),
     }
     seconds = {"losses": budget.now() - started, "best": 0.0}
@@ -75,6 +76,7 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
     state.best_val_loss = min(state.best_val_loss, held_out_loss)
     run.accelerator.wait_for_everyone()
     seconds["evaluation"] = budget.now() - started
+    state.last_costs, run.steps_at_last_evaluation = seconds, len(run.throughput.step_seconds)
     return seconds
 
 

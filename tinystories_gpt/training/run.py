@@ -21,12 +21,12 @@ from ..data.batches import DeviceBatches, WindowSampler, fixed_eval_batches
 from ..data.token_files import TokenFile, prepare_data
 from ..evaluation.stories import check_seed_prompt_fits
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .budget import TimeBudget, format_seconds
+from .budget import TimeBudget, format_seconds, measure_costs
 from .checkpoints import RunState, newest_checkpoint, prepare_output_dir, save_checkpoint
 from .distributed import engine_name, is_sharded
 from .hardware import can_compile, peak_flops
 from .memory import check_fits_in_memory
-from .optimization import build_optimizer
+from .optimization import build_optimizer, decay_start
 from .parent import build_model, describe_start, load_parent
 from .recipe import check_same_recipe, recipe, write_recipe
 from .records import PhaseClock, Throughput, model_flops_per_token, truncate_metrics
@@ -73,6 +73,7 @@ class Run:
     from_parent: bool  # --init_from: the parent is evaluated at step 0
     recipe: dict  # what the run computes (recipe.py), saved with every checkpoint
     progress: tqdm | None = None
+    steps_at_last_evaluation: int = 0  # this process's steps timed before its last evaluation
 
     @property
     def output_dir(self) -> Path:
@@ -93,6 +94,8 @@ class Run:
 
     def save_checkpoint(self) -> Path:
         """A checkpoint of this step, with what --resume and convert.py read without loading its weights."""
+        if self.budget:
+            self.state.budget_spent = self.budget.elapsed()
 
         def describe(folder: Path) -> None:
             self.config.save_pretrained(folder)  # the shape, for convert.py
@@ -101,8 +104,49 @@ class Run:
 
         return save_checkpoint(self.accelerator, self.state.step, self.args, describe)
 
+    # --max_time: the first decision, after the warm-up's first steps, and the re-plans of a wsd schedule
+
+    def budget_decides_now(self) -> bool:
+        return self.budget is not None and self.budget.decides_at(self.state.step, self.args.max_iters)
+
+    def budget_replans_now(self) -> bool:
+        """Whether to re-plan before this step's evaluation: a wsd schedule, planned, its decay not begun, and an
+        evaluation since the plan to cost the rest with."""
+        return (
+            self.budget is not None
+            and self.args.lr_scheduler_type == "wsd"
+            and self.args.max_iters is not None
+            and self.evaluation_due()
+            and self.state.last_costs is not None
+            and self.state.step < decay_start(self.args)
+        )
+
+    def decide_budget(self, evaluation_costs: dict[str, float]) -> None:
+        measured = self.measured_costs(evaluation_costs, since=0)
+        self.fix_max_iters(self.budget.choose_max_iters(measured, self.state.step, self.args, self.accelerator))
+
+    def replan_budget(self) -> None:
+        measured = self.measured_costs(self.state.last_costs, since=self.steps_at_last_evaluation)
+        step = self.state.step
+        # the shortest plan whose decay has not begun yet (the plan in force is one: its decay starts later)
+        floor = next(
+            m for m in range(step, self.args.max_iters + 1) if decay_start(replace(self.args, max_iters=m)) > step
+        )
+        self.fix_max_iters(self.budget.replan(measured, step, self.args, self.accelerator, floor))
+
+    def measured_costs(self, evaluation_costs: dict[str, float], since: int):
+        return measure_costs(
+            self.throughput.typical_step(since),
+            evaluation_costs,
+            final_pass_batches(self),
+            self.args.eval_iters,
+            self.accelerator.num_processes,
+        )
+
     def fix_max_iters(self, max_iters: int) -> None:
         """From here on, exactly the run that was given this max_iters (saved with the checkpoints)."""
+        if max_iters != self.state.chosen_max_iters:
+            self.state.plans.append([self.state.step, max_iters])
         self.state.chosen_max_iters = max_iters
         self.args = replace(self.args, max_iters=max_iters)
         if self.progress is not None:
@@ -168,10 +212,11 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
     print_plan(run, n_params)
     if args.resume:
         resume(run)
-    if budget:
+    if budget and state.chosen_max_iters is not None:  # as the resumed run chose it, its budget going on
+        run.budget = TimeBudget(args.max_time, args.warmup_steps, step_cap=args.max_iters, spent=state.budget_spent)
+        run.fix_max_iters(state.chosen_max_iters)
+    elif budget:
         budget.check_started_in_time()
-        if state.chosen_max_iters is not None:  # as the resumed run chose it
-            run.fix_max_iters(state.chosen_max_iters)
     accelerator.init_trackers("tinystories-gpt", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
     return run
 
