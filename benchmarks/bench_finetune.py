@@ -30,9 +30,10 @@ def hold_out_loss(model_dir: str, workdir: Path) -> dict:
     from tinystories_gpt import TinyStoriesGPTForCausalLM
     from tinystories_gpt.data.token_files import prepare_data
     from tinystories_gpt.evaluation.losses import evaluate_split
-    from tinystories_gpt.training.arguments import load_preset
+    from tinystories_gpt.training.arguments import ARGUMENT_CLASSES
+    from tinystories_gpt.training.presets import load_preset
 
-    preset = load_preset(PRESET)
+    preset = load_preset(PRESET, ARGUMENT_CLASSES)
     prepared = prepare_data(
         str(REPO / preset["dataset"]),
         model_dir,
@@ -68,10 +69,11 @@ def fine_tune(parent: str, workdir: Path, name: str, extra: list[str]) -> dict:
 def interleaved_step_seconds(parent: str, lora_r: int, steps: int) -> tuple[dict[str, float], int]:
     """(the median seconds of one optimizer step, full and LoRA in turn (bf16 autocast), tokens per step)."""
     from tinystories_gpt import TinyStoriesGPTForCausalLM
-    from tinystories_gpt.training.arguments import ModelArguments, load_preset
+    from tinystories_gpt.training.arguments import ARGUMENT_CLASSES, ModelArguments
     from tinystories_gpt.training.lora import add_lora_adapters
+    from tinystories_gpt.training.presets import load_preset
 
-    preset = load_preset(PRESET)
+    preset = load_preset(PRESET, ARGUMENT_CLASSES)
     models = {}
     for name in ("full", "LoRA"):
         model = TinyStoriesGPTForCausalLM.from_pretrained(parent, attn_implementation=preset["attn_implementation"])

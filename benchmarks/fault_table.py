@@ -445,6 +445,9 @@ def kill_9_while_tokenizing() -> None:
         argv = tiny(folder, "--dataset", str(stories), "--tokenizer", "gpt2", "--cache_dir", str(cache))
         process = start("train", *argv, "--num_proc", "2", env=env)
         wait_for_path(process, cache, ".train-*.tmp")
+        deadline = time.monotonic() + 120  # the two workers and the Manager started: the moment counts from there
+        while len(psutil.Process(process.pid).children(recursive=True)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(moment)
         children = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
         process.kill()

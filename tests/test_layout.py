@@ -30,6 +30,7 @@ ORDER = [
     "export.gguf",
     "export.onnx",
     "training.budget",
+    "training.presets",
     "training.arguments",
     "training.memory",
     "training.hardware",
