@@ -147,7 +147,8 @@ def wsd_args(tmp_path, *extra: str) -> list[str]:
 
 
 def planned(run_dir) -> list[int]:
-    return [record["max_iters"] for record in read_metrics(run_dir / "metrics.jsonl")]
+    """The plan in force at each evaluation (the first, at the decision step, comes before any plan)."""
+    return [record["max_iters"] for record in read_metrics(run_dir / "metrics.jsonl") if record["max_iters"]]
 
 
 @pytest.mark.slow
