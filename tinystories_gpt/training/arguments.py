@@ -235,6 +235,14 @@ class TrainingArguments:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this; 0 disables."})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the weights with this decay (e.g. 0.999; 0: none), "
+            "through torch.optim.swa_utils.AveragedModel: evaluations score it beside the weights, and best/ takes "
+            "whichever has the lower held-out loss."
+        },
+    )
     seed: int = 1337
     checkpoint_interval: int = field(default=1000, metadata={"help": "Optimizer steps between resumable checkpoints."})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep."})
@@ -291,6 +299,7 @@ class TrainingArguments:
         require(self.weight_decay >= 0, f"weight_decay must not be negative, got {self.weight_decay}.")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must lie in [0, 1).")
         require(self.grad_clip >= 0, f"grad_clip must not be negative (0 disables it), got {self.grad_clip}.")
+        require(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1) (0: no moving average), got {self.ema_decay}.")
         require(self.num_samples >= 0, f"num_samples must not be negative, got {self.num_samples}.")
         require(
             self.mixed_precision in MIXED_PRECISION_CHOICES,
@@ -322,6 +331,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if known.config is not None:
         parser.set_defaults(**load_preset(known.config, ARGUMENT_CLASSES))
     model_args, data_args, training_args, _config = parser.parse_args_into_dataclasses(argv)
+    require(
+        not (training_args.ema_decay and model_args.lora_r),
+        "--ema_decay averages every weight, and LoRA trains a few adapters: drop --ema_decay with --lora_r.",
+    )
     check_tokenizer_choice(model_args, data_args)
     return model_args, data_args, training_args
 

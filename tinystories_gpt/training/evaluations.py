@@ -6,6 +6,7 @@ process, from a plain copy of the model (generate() on a sharded one would deadl
 """
 
 import json
+import math
 
 import torch
 
@@ -45,7 +46,9 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
     started = budget.now()
     train_loss = estimate_loss_unless_stopped(run, run.data.train_eval_batches, stop)
     held_out_loss = estimate_loss_unless_stopped(run, run.data.held_out_batches, stop)
-    if train_loss is None or held_out_loss is None:
+    average = run.ema.module if run.ema is not None else None
+    average_loss = estimate_loss_unless_stopped(run, run.data.held_out_batches, stop, average) if average else None
+    if train_loss is None or held_out_loss is None or (average is not None and average_loss is None):
         return None
     state, name = run.state, run.data.held_out_name
     record = {
@@ -56,6 +59,7 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
         "lr": learning_rate_at(state.step - 1, run.args),
         "max_iters": run.args.max_iters,  # the plan in force (a --max_time run's re-plans show here)
         **run.throughput.interval_record(run.accelerator.num_processes),
+        **({f"{name}_loss_ema": average_loss} if average is not None else {}),
     }
     seconds = {"losses": budget.now() - started, "best": 0.0}
     run.accelerator.log(record, step=state.step)
@@ -69,19 +73,23 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
             f"\nstep {state.step}: train loss {train_loss:.4f}, {name} loss {held_out_loss:.4f}"
             + (f"\n{stories[0]}" if stories else "")
         )
-        if held_out_loss < state.best_val_loss:
+        best_model, best_loss = plain_model, held_out_loss
+        if average is not None and average_loss < held_out_loss:  # the moving average is the better model now
+            best_model, best_loss = average, average_loss
+        if best_loss < state.best_val_loss:
             best_started = budget.now()
-            save_interim_best(run, plain_model, held_out_loss, stories)
+            save_interim_best(run, best_model, best_loss, stories)
             seconds["best"] = budget.now() - best_started
-    state.best_val_loss = min(state.best_val_loss, held_out_loss)
+    state.best_val_loss = min(state.best_val_loss, held_out_loss, average_loss if average is not None else math.inf)
     run.accelerator.wait_for_everyone()
     seconds["evaluation"] = budget.now() - started
     state.last_costs, run.steps_at_last_evaluation = seconds, len(run.throughput.step_seconds)
     return seconds
 
 
-def estimate_loss_unless_stopped(run: Run, batches: list, stop: StopSignal | None) -> float | None:
-    """`estimate_loss` a few batches per process at a time; None as soon as any process was asked to `stop`."""
+def estimate_loss_unless_stopped(run: Run, batches: list, stop: StopSignal | None, model=None) -> float | None:
+    """`estimate_loss` of `model` (the run's, by default) a few batches per process at a time; None as soon as any
+    process was asked to `stop`."""
     accelerator = run.accelerator
     size = EVAL_BATCHES_PER_STOP_CHECK * accelerator.num_processes
     summed = 0.0
@@ -89,7 +97,7 @@ def estimate_loss_unless_stopped(run: Run, batches: list, stop: StopSignal | Non
         if stop is not None and stop.agreed(accelerator):
             return None
         chunk = batches[start : start + size]
-        summed += estimate_loss(run.model, chunk, accelerator) * len(chunk)  # every batch holds as many labels
+        summed += estimate_loss(model or run.model, chunk, accelerator) * len(chunk)  # every batch holds as many labels
     return summed / len(batches)
 
 

@@ -111,6 +111,8 @@ def optimizer_step(run: Run, stop_requested: bool) -> tuple[float, bool]:
         accelerator.clip_grad_norm_(run.model.parameters(), args.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update_parameters(accelerator.unwrap_model(run.model))
     state.step += 1
     state.tokens_seen += run.tokens_per_step
     run.throughput.end_step()

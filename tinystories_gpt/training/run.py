@@ -13,6 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from datasets import Dataset
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
@@ -20,6 +21,7 @@ from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
 from ..data.batches import DeviceBatches, WindowSampler, fixed_eval_batches
 from ..data.token_files import TokenFile, prepare_data
 from ..evaluation.stories import check_seed_prompt_fits
+from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .budget import TimeBudget, format_seconds, measure_costs
 from .checkpoints import RunState, newest_checkpoint, prepare_output_dir, save_checkpoint
@@ -72,6 +74,7 @@ class Run:
     clock: PhaseClock
     from_parent: bool  # --init_from: the parent is evaluated at step 0
     recipe: dict  # what the run computes (recipe.py), saved with every checkpoint
+    ema: AveragedModel | None = None  # the moving average of the weights (--ema_decay)
     progress: tqdm | None = None
     steps_at_last_evaluation: int = 0  # this process's steps timed before its last evaluation
 
@@ -165,6 +168,11 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
             "--lora_r under FSDP is not supported: LoRA trains a few adapters on a model that fits one device, so "
             "launch it with configs/accelerate/ddp.yaml or as one process."
         )
+    if args.ema_decay and is_sharded(accelerator):  # the average is of whole weights, which one process holds
+        raise ValueError(
+            "--ema_decay averages every weight of a model one process holds: launch it with "
+            "configs/accelerate/ddp.yaml or as one process, not under FSDP."
+        )
 
     # the data and tokenizer (built once by the main process, reused from the cache by the others); a parent
     # (--init_from) fixes the model's shape and the tokenizer first
@@ -186,6 +194,9 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
     model, optimizer = accelerator.prepare(model, optimizer)
     state = RunState(DeviceBatches(data.train_sampler, accelerator.device))
     accelerator.register_for_checkpointing(state)
+    ema = moving_average(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)  # resumed with the rest, so --resume stays exact
     tokens_per_step = args.batch_size * args.gradient_accumulation_steps * config.block_size * accelerator.num_processes
 
     budget = TimeBudget(args.max_time, args.warmup_steps, step_cap=args.max_iters) if args.max_time else None
@@ -203,6 +214,7 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
         throughput=Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device)),
         clock=clock,
         from_parent=parent is not None,
+        ema=ema,
         recipe=recipe(
             (model_args, data_args, args),
             config,
@@ -219,6 +231,13 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
         budget.check_started_in_time()
     accelerator.init_trackers("tinystories-gpt", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
     return run
+
+
+def moving_average(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s weights (torch's AveragedModel), of a plain uncompiled copy."""
+    plain = TinyStoriesGPTForCausalLM(model.config).to(next(model.parameters()).device)
+    plain.load_state_dict(model.state_dict())
+    return AveragedModel(plain, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def load_training_data(
