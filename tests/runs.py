@@ -170,13 +170,16 @@ def without(argv: list[str], flag: str) -> list[str]:
 class FakeClock:
     """The run's clock (`training.budget.now`) for the budget's logic: time moves only while a training micro-batch
     is computed, by `seconds_per_micro_batch`, so every duration the run measures is known in advance and nothing
-    depends on how busy the machine is."""
+    depends on how busy the machine is. With `slower=(step, factor)`, micro-batches of optimizer steps from `step`
+    on take `factor` times as long (another job started on the machine), whichever process computes them."""
 
     START = 1_000_000.0
 
-    def __init__(self, seconds_per_micro_batch: float):
+    def __init__(self, seconds_per_micro_batch: float, slower: tuple[int, float] | None = None):
         self.seconds = self.START
         self.seconds_per_micro_batch = seconds_per_micro_batch
+        self.slower = slower
+        self.step = 0  # the optimizer step being computed
 
     def __call__(self) -> float:
         return self.seconds
@@ -184,19 +187,29 @@ class FakeClock:
     def elapsed(self) -> float:
         return self.seconds - self.START
 
+    def micro_batch_seconds(self) -> float:
+        if self.slower and self.step >= self.slower[0]:
+            return self.seconds_per_micro_batch * self.slower[1]
+        return self.seconds_per_micro_batch
+
     def install(self, patch: Callable[[object, str, object], None]) -> None:
         """Put the clock in place through `patch(module, name, value)` (monkeypatch.setattr, or setattr)."""
         from tinystories_gpt.training import budget, loop
 
-        real_loss = loop.next_token_loss
+        real_loss, real_step = loop.next_token_loss, loop.optimizer_step
 
         def timed_loss(model, input_ids, labels):
-            self.seconds += self.seconds_per_micro_batch
+            self.seconds += self.micro_batch_seconds()
             return real_loss(model, input_ids, labels)
+
+        def counted_step(run, stop_requested):
+            self.step = run.state.step
+            return real_step(run, stop_requested)
 
         patch(budget, "now", self)
         patch(budget, "process_start_time", lambda: self.START)
         patch(loop, "next_token_loss", timed_loss)
+        patch(loop, "optimizer_step", counted_step)
 
 
 FAKE_CLOCK_TRAIN = """
@@ -205,13 +218,14 @@ sys.path.insert(0, {tests!r})
 from runs import FakeClock
 from tinystories_gpt.cli.train import main
 
-FakeClock({seconds!r}).install(setattr)
+FakeClock({seconds!r}, slower={slower!r}).install(setattr)
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def fake_clock_script(folder: Path, seconds_per_micro_batch: float) -> Path:
+def fake_clock_script(folder: Path, seconds_per_micro_batch: float, slower: tuple[int, float] | None = None) -> Path:
     """A train.py for a subprocess (or several, under torchrun) that runs on a FakeClock."""
     script = folder / "train_on_a_fake_clock.py"
-    script.write_text(FAKE_CLOCK_TRAIN.format(tests=str(Path(__file__).parent), seconds=seconds_per_micro_batch))
+    text = FAKE_CLOCK_TRAIN.format(tests=str(Path(__file__).parent), seconds=seconds_per_micro_batch, slower=slower)
+    script.write_text(text)
     return script

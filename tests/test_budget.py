@@ -20,6 +20,7 @@ from tinystories_gpt.cli import train as train_cli
 from tinystories_gpt.training import run
 from tinystories_gpt.training.budget import MeasuredCosts, affordable_max_iters, remaining_seconds
 from tinystories_gpt.training.loop import parse_args, train
+from tinystories_gpt.training.records import read_metrics
 
 COSTS = MeasuredCosts(step=0.1, evaluation=2.0, checkpoint=1.0, final_pass=5.0)
 STEP_SECONDS = 0.1  # tiny_args accumulates 2 micro-batches per step
@@ -105,16 +106,16 @@ def test_resume_keeps_the_chosen_max_iters_and_trains_what_a_fixed_run_trains(tm
 
 
 @pytest.mark.slow
-def test_two_processes_agree_on_the_chosen_max_iters(tmp_path):
-    script = fake_clock_script(tmp_path, STEP_SECONDS / 2)
+def test_two_processes_agree_on_the_chosen_max_iters_and_every_re_plan(tmp_path):
+    script = fake_clock_script(tmp_path, STEP_SECONDS / 2, slower=(60, 3.0))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    command += ["--master_port", "29541", str(script), *budget_args(tmp_path, "--max_time", "60")]
+    command += ["--master_port", "29541", str(script), *wsd_args(tmp_path, "--max_time", "30")]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     # processes that disagreed would wait for each other's collectives until the timeout
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr
-    chosen = chosen_max_iters(result.stdout)
-    assert (tmp_path / "run" / "checkpoints" / f"step_{chosen}").is_dir()
+    plans = planned(tmp_path / "run")
+    assert len(set(plans)) > 1 and (tmp_path / "run" / "checkpoints" / f"step_{plans[-1]}").is_dir(), plans
 
 
 @pytest.mark.slow
@@ -134,3 +135,64 @@ def test_bad_budgets_are_refused_by_name(tmp_path, monkeypatch, capsys, extra, s
     assert train_cli.main(budget_args(tmp_path, *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+# Re-planning: a wsd schedule's stable phase grows or shrinks with the speed measured since the last evaluation
+
+
+def wsd_args(tmp_path, *extra: str) -> list[str]:
+    """budget_args with a warmup-stable-decay schedule, evaluating and checkpointing every 20 steps."""
+    schedule = ["--lr_scheduler_type", "wsd", "--decay_fraction", "0.3", "--eval_interval", "20"]
+    return budget_args(tmp_path, *schedule, "--checkpoint_interval", "20", *extra)
+
+
+def planned(run_dir) -> list[int]:
+    """The plan in force at each evaluation (the first, at the decision step, comes before any plan)."""
+    return [record["max_iters"] for record in read_metrics(run_dir / "metrics.jsonl") if record["max_iters"]]
+
+
+@pytest.mark.slow
+def test_a_machine_that_slows_down_mid_run_gets_a_shorter_plan_and_the_run_keeps_its_budget(tmp_path, monkeypatch):
+    slow_from_step_60 = (60, 3.0)  # another job takes the cores: a step costs 0.3 s instead of 0.1
+    clock = FakeClock(STEP_SECONDS / 2, slower=slow_from_step_60)
+    clock.install(monkeypatch.setattr)
+    train(*parse_args(wsd_args(tmp_path / "wsd", "--max_time", "30")))
+    plans = planned(tmp_path / "wsd" / "run")
+    assert plans[0] > plans[-1] and len(set(plans)) > 1, plans  # planned on fast steps, cut when they slowed
+    assert clock.elapsed() <= 30  # the budget held, on the clock it measured
+
+    # the same machine without re-planning (one decision, a cosine schedule) overruns its budget
+    clock = FakeClock(STEP_SECONDS / 2, slower=slow_from_step_60)
+    clock.install(monkeypatch.setattr)
+    train(*parse_args(budget_args(tmp_path / "cosine", "--max_time", "30")))
+    assert clock.elapsed() > 30
+
+
+@pytest.mark.slow
+def test_resume_replays_the_plans_of_the_uninterrupted_run(tmp_path, monkeypatch):
+    def on_the_same_machine():
+        FakeClock(STEP_SECONDS / 2, slower=(60, 3.0)).install(monkeypatch.setattr)
+
+    on_the_same_machine()
+    train(*parse_args(wsd_args(tmp_path / "whole", "--max_time", "30")))
+
+    real_save = run.save_checkpoint
+
+    def save_then_signal_at_step_40(accelerator, step, *args):
+        result = real_save(accelerator, step, *args)
+        if step == 40:  # after the first plans, before the machine slows down
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    on_the_same_machine()
+    argv = wsd_args(tmp_path / "broken", "--max_time", "30")
+    with monkeypatch.context() as patch:
+        patch.setattr(run, "save_checkpoint", save_then_signal_at_step_40)
+        train(*parse_args(argv))
+    on_the_same_machine()  # a new process: its clock starts again, the budget goes on from what was spent
+    result = train(*parse_args([*argv, "--resume"]))
+    assert planned(tmp_path / "broken" / "run") == planned(tmp_path / "whole" / "run")
+    last = tmp_path / "whole" / "run" / "checkpoints" / f"step_{result['step']}" / "model.safetensors"
+    actual = load_file(tmp_path / "broken" / "run" / "checkpoints" / f"step_{result['step']}" / "model.safetensors")
+    for name, tensor in load_file(last).items():
+        assert torch.equal(actual[name], tensor), name

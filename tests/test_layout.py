@@ -22,6 +22,7 @@ ORDER = [
     "data.batches",
     "evaluation.losses",
     "evaluation.stories",
+    "evaluation.story_figures",
     "export.hub",
     "export.checks",
     "export.nanogpt",

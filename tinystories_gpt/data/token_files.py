@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from filelock import FileLock, Timeout
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
@@ -56,6 +56,7 @@ class PreparedData:
     train: TokenFile
     validation: TokenFile
     dev: TokenFile | None  # the tuning hold-out carved from train, when asked for
+    texts: DatasetDict  # the stories of each split (memory-mapped by datasets), for the story figures
     hub_id: str | None  # the Hub dataset name, or None for local files
     validation_source: str  # what the validation split is, in words, for the model card
     seconds: dict[str, float]  # wall time of each phase: "tokenizer" (train or load it), "tokenization" (both splits)
@@ -96,6 +97,7 @@ def prepare_data(
         train=token_files["train"],
         validation=token_files["validation"],
         dev=token_files.get("dev"),
+        texts=splits,
         hub_id=None if is_local_source(dataset) else str(dataset),
         validation_source=(
             f"a {validation_split_percentage:g}% hold-out of the train split of {dataset}"

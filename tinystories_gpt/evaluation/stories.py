@@ -74,3 +74,32 @@ def sample_stories(model, tokenizer, num_samples: int, seed: int, prompt: str = 
         )
     model.train(was_training)
     return [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def write_stories(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], seed: int
+) -> list[tuple[str, bool]]:
+    """(the continuation, whether it ended with the end-of-story token) for each prompt: sampled with the model's
+    generation defaults (generation_config.json) up to its context, story i from seed + i, so a story does not
+    depend on which others are written beside it."""
+    device = next(model.parameters()).device
+    context = model.config.max_position_embeddings
+    eos_token_id = model.generation_config.eos_token_id
+    was_training = model.training
+    model.eval()
+    written = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for number, prompt in enumerate(prompts):
+            prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids[:, : context - 1].to(device)
+            torch.manual_seed(seed + number)
+            output = model.generate(
+                prompt_ids,
+                attention_mask=torch.ones_like(prompt_ids),
+                max_new_tokens=context - prompt_ids.shape[1],
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id,
+            )
+            new_ids = output[0, prompt_ids.shape[1] :]
+            written.append((tokenizer.decode(new_ids, skip_special_tokens=True), bool((new_ids == eos_token_id).any())))
+    model.train(was_training)
+    return written

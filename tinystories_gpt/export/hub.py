@@ -144,6 +144,7 @@ def render_model_card(
         architecture=architecture,
         training=training or {},
         results={name: value for _, name, value in card_results(metrics)} | _counts(metrics),
+        story_figures=(metrics or {}).get("story_figures"),
         samples=samples or [],
         loss_curve=loss_curve,
         generation=generation_config,

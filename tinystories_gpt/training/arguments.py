@@ -19,7 +19,7 @@ from .presets import load_preset
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
 # Transformers' get_scheduler names for these shapes; ours warm up from learning_rate / (warmup_steps + 1), not 0,
 # and decay to min_lr (Transformers' "cosine" and "linear" end at 0: set --min_lr 0 for those)
-LR_SCHEDULER_TYPES = ("cosine", "linear")
+LR_SCHEDULER_TYPES = ("cosine", "linear", "wsd")
 TRACKERS = ("none", "all", "tensorboard", "wandb", "trackio")
 SEED_MAX_ITERS = 25_000
 # Transformers' own registry (which the model dispatches through), so new kernels need no change here; the paged
@@ -219,13 +219,30 @@ class TrainingArguments:
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate, reached after warmup."})
     min_lr: float = field(default=1e-5, metadata={"help": "Learning rate at the end of the decay."})
     lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": f"Decay after warmup: {' or '.join(LR_SCHEDULER_TYPES)}, to min_lr."}
+        default="cosine",
+        metadata={
+            "help": f"Decay after warmup: {', '.join(LR_SCHEDULER_TYPES)}, to min_lr. wsd (warmup-stable-decay) holds "
+            "learning_rate until the last decay_fraction of max_iters, then decays along a cosine: under --max_time "
+            "the run re-plans max_iters at every evaluation before the decay, from the speed it measured since the "
+            "last one."
+        },
+    )
+    decay_fraction: float = field(
+        default=0.2, metadata={"help": "With --lr_scheduler_type wsd: the share of max_iters the final decay takes."}
     )
     warmup_steps: int = field(default=1000, metadata={"help": "Linear warmup, in optimizer steps."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on 2-D weights only."})
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this; 0 disables."})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the weights with this decay (e.g. 0.999; 0: none), "
+            "through torch.optim.swa_utils.AveragedModel: evaluations score it beside the weights, and best/ takes "
+            "whichever has the lower held-out loss."
+        },
+    )
     seed: int = 1337
     checkpoint_interval: int = field(default=1000, metadata={"help": "Optimizer steps between resumable checkpoints."})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many recent checkpoints to keep."})
@@ -274,6 +291,7 @@ class TrainingArguments:
             self.lr_scheduler_type in LR_SCHEDULER_TYPES,
             f"lr_scheduler_type must be one of {', '.join(LR_SCHEDULER_TYPES)}, got {self.lr_scheduler_type!r}.",
         )
+        require(0 < self.decay_fraction <= 1, f"decay_fraction must lie in (0, 1], got {self.decay_fraction}.")
         require(
             0 <= self.warmup_steps <= (self.max_iters or self.warmup_steps),
             f"warmup_steps ({self.warmup_steps}) must lie between 0 and max_iters ({self.max_iters}).",
@@ -281,6 +299,7 @@ class TrainingArguments:
         require(self.weight_decay >= 0, f"weight_decay must not be negative, got {self.weight_decay}.")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must lie in [0, 1).")
         require(self.grad_clip >= 0, f"grad_clip must not be negative (0 disables it), got {self.grad_clip}.")
+        require(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1) (0: no moving average), got {self.ema_decay}.")
         require(self.num_samples >= 0, f"num_samples must not be negative, got {self.num_samples}.")
         require(
             self.mixed_precision in MIXED_PRECISION_CHOICES,
@@ -312,6 +331,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if known.config is not None:
         parser.set_defaults(**load_preset(known.config, ARGUMENT_CLASSES))
     model_args, data_args, training_args, _config = parser.parse_args_into_dataclasses(argv)
+    require(
+        not (training_args.ema_decay and model_args.lora_r),
+        "--ema_decay averages every weight, and LoRA trains a few adapters: drop --ema_decay with --lora_r.",
+    )
     check_tokenizer_choice(model_args, data_args)
     return model_args, data_args, training_args
 

@@ -103,9 +103,9 @@ class TimeBudget:
     `step_cap` is the user's --max_iters, an upper bound on the number chosen.
     """
 
-    def __init__(self, max_time: float, warmup_steps: int, step_cap: int | None = None):
+    def __init__(self, max_time: float, warmup_steps: int, step_cap: int | None = None, spent: float = 0.0):
         self.max_time = max_time
-        self.started = process_start_time()
+        self.started = process_start_time() - spent  # a resumed run's budget goes on from what the others spent
         self.decision_step = min(warmup_steps, MEASURE_AFTER + MEASURED_STEPS)  # no later than the warm-up's end
         self.step_cap = step_cap
 
@@ -150,6 +150,20 @@ class TimeBudget:
             + (" (the --max_iters cap)" if chosen == self.step_cap else "")
         )
         return chosen
+
+    def replan(self, measured: MeasuredCosts, done: int, args, accelerator, floor: int) -> int:
+        """max_iters again from what the run measured since its last evaluation, no lower than `floor` (a plan
+        whose decay would already have begun); every process gets the main process's plan."""
+        affordable = affordable_max_iters(
+            self.seconds_left(), done, measured, args.eval_interval, args.checkpoint_interval
+        )
+        planned = broadcast_object_list([max(min(affordable or 0, self.step_cap or math.inf), floor)])[0]
+        if planned != args.max_iters:
+            accelerator.print(
+                f"\ntime budget: {format_seconds(self.elapsed())} spent, {format_seconds(self.seconds_left())} left; "
+                f"{measured.step:.3f} s per step since the last evaluation: max_iters {args.max_iters:,} -> {planned:,}"
+            )
+        return planned
 
 
 def format_seconds(seconds: float) -> str:

@@ -52,7 +52,10 @@ class RunState:
         self.step = 0
         self.tokens_seen = 0
         self.best_val_loss = math.inf
-        self.chosen_max_iters = None  # what a --max_time run chose, once it has
+        self.chosen_max_iters = None  # what a --max_time run chose, once it has (its latest plan)
+        self.plans: list[list[int]] = []  # every [step, max_iters] a --max_time run planned, in order
+        self.budget_spent = 0.0  # seconds of --max_time spent by the processes before this one
+        self.last_costs: dict[str, float] | None = None  # what the last evaluation took: the next plan's costs
         self.sampler = sampler
 
     def state_dict(self) -> dict:
@@ -61,6 +64,9 @@ class RunState:
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
             "chosen_max_iters": self.chosen_max_iters,
+            "plans": self.plans,
+            "budget_spent": self.budget_spent,
+            "last_costs": self.last_costs,
             "sampler": self.sampler.state_dict(),
         }
 
@@ -69,6 +75,9 @@ class RunState:
         self.tokens_seen = state["tokens_seen"]
         self.best_val_loss = state["best_val_loss"]
         self.chosen_max_iters = state["chosen_max_iters"]
+        self.plans = state["plans"]
+        self.budget_spent = state["budget_spent"]
+        self.last_costs = state["last_costs"]
         self.sampler.load_state_dict(state["sampler"])
 
 

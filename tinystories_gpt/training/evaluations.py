@@ -6,11 +6,13 @@ process, from a plain copy of the model (generate() on a sharded one would deadl
 """
 
 import json
+import math
 
 import torch
 
 from ..evaluation.losses import estimate_loss, evaluate_split
 from ..evaluation.stories import SEED_PROMPT, sample_stories
+from ..evaluation.story_figures import describe, stories_of
 from ..export.hub import push_to_hub
 from ..files import folder_damage, write_file
 from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
@@ -44,7 +46,9 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
     started = budget.now()
     train_loss = estimate_loss_unless_stopped(run, run.data.train_eval_batches, stop)
     held_out_loss = estimate_loss_unless_stopped(run, run.data.held_out_batches, stop)
-    if train_loss is None or held_out_loss is None:
+    average = run.ema.module if run.ema is not None else None
+    average_loss = estimate_loss_unless_stopped(run, run.data.held_out_batches, stop, average) if average else None
+    if train_loss is None or held_out_loss is None or (average is not None and average_loss is None):
         return None
     state, name = run.state, run.data.held_out_name
     record = {
@@ -53,7 +57,9 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
         "train_loss": train_loss,
         f"{name}_loss": held_out_loss,
         "lr": learning_rate_at(state.step - 1, run.args),
+        "max_iters": run.args.max_iters,  # the plan in force (a --max_time run's re-plans show here)
         **run.throughput.interval_record(run.accelerator.num_processes),
+        **({f"{name}_loss_ema": average_loss} if average is not None else {}),
     }
     seconds = {"losses": budget.now() - started, "best": 0.0}
     run.accelerator.log(record, step=state.step)
@@ -67,18 +73,23 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
             f"\nstep {state.step}: train loss {train_loss:.4f}, {name} loss {held_out_loss:.4f}"
             + (f"\n{stories[0]}" if stories else "")
         )
-        if held_out_loss < state.best_val_loss:
+        best_model, best_loss = plain_model, held_out_loss
+        if average is not None and average_loss < held_out_loss:  # the moving average is the better model now
+            best_model, best_loss = average, average_loss
+        if best_loss < state.best_val_loss:
             best_started = budget.now()
-            save_interim_best(run, plain_model, held_out_loss, stories)
+            save_interim_best(run, best_model, best_loss, stories)
             seconds["best"] = budget.now() - best_started
-    state.best_val_loss = min(state.best_val_loss, held_out_loss)
+    state.best_val_loss = min(state.best_val_loss, held_out_loss, average_loss if average is not None else math.inf)
     run.accelerator.wait_for_everyone()
     seconds["evaluation"] = budget.now() - started
+    state.last_costs, run.steps_at_last_evaluation = seconds, len(run.throughput.step_seconds)
     return seconds
 
 
-def estimate_loss_unless_stopped(run: Run, batches: list, stop: StopSignal | None) -> float | None:
-    """`estimate_loss` a few batches per process at a time; None as soon as any process was asked to `stop`."""
+def estimate_loss_unless_stopped(run: Run, batches: list, stop: StopSignal | None, model=None) -> float | None:
+    """`estimate_loss` of `model` (the run's, by default) a few batches per process at a time; None as soon as any
+    process was asked to `stop`."""
     accelerator = run.accelerator
     size = EVAL_BATCHES_PER_STOP_CHECK * accelerator.num_processes
     summed = 0.0
@@ -86,7 +97,7 @@ def estimate_loss_unless_stopped(run: Run, batches: list, stop: StopSignal | Non
         if stop is not None and stop.agreed(accelerator):
             return None
         chunk = batches[start : start + size]
-        summed += estimate_loss(run.model, chunk, accelerator) * len(chunk)  # every batch holds as many labels
+        summed += estimate_loss(model or run.model, chunk, accelerator) * len(chunk)  # every batch holds as many labels
     return summed / len(batches)
 
 
@@ -164,6 +175,10 @@ def final_pass(run: Run) -> dict:
     )
     if accelerator.is_main_process:
         stories = sample_stories(best_model, run.data.tokenizer, max(run.args.num_samples, 1), seed=run.args.seed)
+        held_out = run.data.held_out_stories  # the dev split's when there is one: figures to tune on
+        final["story_figures"] = stories_of(
+            best_model, run.data.tokenizer, held_out, run.data.train_texts, run.args.seed
+        )
         result.update(final, stories=stories)
         save_best(
             run,
@@ -176,7 +191,8 @@ def final_pass(run: Run) -> dict:
         write_file(run.output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n", "the final metrics")
         accelerator.print(
             f"\nvalidation (whole split): loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}, "
-            f"bits per byte {final['bits_per_byte']:.4f}\n\nthe best model's story for {SEED_PROMPT!r}:\n\n"
+            f"bits per byte {final['bits_per_byte']:.4f}\n{describe(final['story_figures'])}\n\n"
+            f"the best model's story for {SEED_PROMPT!r}:\n\n"
             f"{stories[0]}\n\n{describe_output_dir(run.output_dir)}"
         )
         if run.args.push_to_hub:

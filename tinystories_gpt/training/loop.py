@@ -18,12 +18,12 @@ from ..evaluation.losses import next_token_loss
 from ..signals import StopSignal, stop_on_signal
 from . import budget
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
-from .budget import format_seconds, measure_costs, process_start_time
+from .budget import format_seconds, process_start_time
 from .checkpoints import hold_output_dir, set_aside_diverged
 from .distributed import make_accelerator
 from .evaluations import evaluate, evaluation_owed, final_pass
 from .optimization import learning_rate_at, set_learning_rate
-from .run import Run, final_pass_batches, set_up
+from .run import Run, set_up
 
 __all__ = ["TrainingDiverged", "parse_args", "train"]
 
@@ -60,20 +60,15 @@ def train_steps(run: Run) -> bool:
             loss, stop_requested = optimizer_step(run, stop.requested)
             show_progress(run, loss)
 
-            deciding = run.budget is not None and run.budget.decides_at(run.state.step, run.args.max_iters)
+            if run.budget_replans_now():  # from the speed since the last evaluation; the record shows the plan
+                run.replan_budget()
+            deciding = run.budget_decides_now()
             if deciding or run.evaluation_due():
                 with run.clock.timing("evaluations"):
                     costs = evaluate(run, stop=None if deciding else stop)  # the decision needs a whole one
                 stop_requested = stop_requested or costs is None
             if deciding:
-                measured = measure_costs(
-                    run.throughput.typical_step(),
-                    costs,
-                    final_pass_batches(run),
-                    run.args.eval_iters,
-                    run.accelerator.num_processes,
-                )
-                run.fix_max_iters(run.budget.choose_max_iters(measured, run.state.step, run.args, run.accelerator))
+                run.decide_budget(costs)
             if run.checkpoint_due() or stop_requested:
                 with run.clock.timing("checkpoints"):
                     run.save_checkpoint()
@@ -116,6 +111,8 @@ def optimizer_step(run: Run, stop_requested: bool) -> tuple[float, bool]:
         accelerator.clip_grad_norm_(run.model.parameters(), args.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update_parameters(accelerator.unwrap_model(run.model))
     state.step += 1
     state.tokens_seen += run.tokens_per_step
     run.throughput.end_step()

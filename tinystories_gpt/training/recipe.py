@@ -31,6 +31,7 @@ COMPUTING_FLAGS = {
         "beta1",
         "beta2",
         "grad_clip",
+        "ema_decay",
         "seed",
     ),
 }

@@ -127,9 +127,10 @@ class Throughput:
         self.step_seconds.append(seconds)
         self.last = f"{self.tokens_per_step / seconds:,.0f}"
 
-    def typical_step(self) -> float:
-        """The median step once compiled and warm (the first WARMUP_STEPS_TIMED steps left out)."""
-        measured = sorted(self.step_seconds[WARMUP_STEPS_TIMED:] or self.step_seconds)
+    def typical_step(self, since: int = 0) -> float:
+        """The median step once compiled and warm (the first WARMUP_STEPS_TIMED steps left out), of the steps from
+        this process's `since`-th on."""
+        measured = sorted(self.step_seconds[max(since, WARMUP_STEPS_TIMED) :] or self.step_seconds[since:])
         return measured[len(measured) // 2]
 
     def warmup_seconds(self) -> float:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from datasets import Dataset
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
@@ -19,16 +21,19 @@ from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
 from ..data.batches import DeviceBatches, WindowSampler, fixed_eval_batches
 from ..data.token_files import TokenFile, prepare_data
 from ..evaluation.stories import check_seed_prompt_fits
+from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .budget import TimeBudget, format_seconds
+from .budget import TimeBudget, format_seconds, measure_costs
 from .checkpoints import RunState, newest_checkpoint, prepare_output_dir, save_checkpoint
 from .distributed import engine_name, is_sharded
 from .hardware import can_compile, peak_flops
 from .memory import check_fits_in_memory
-from .optimization import build_optimizer
+from .optimization import build_optimizer, decay_start
 from .parent import build_model, describe_start, load_parent
 from .recipe import check_same_recipe, recipe, write_recipe
 from .records import PhaseClock, Throughput, model_flops_per_token, truncate_metrics
+
+FINAL_STORIES = 20  # stories the final pass writes from held-out openings (and the seed prompt), for their figures
 
 
 @dataclass
@@ -43,6 +48,8 @@ class TrainingData:
     held_out_name: str  # "dev" or "val", the records' key prefix
     held_out_source: str  # the held-out split in words, for the card
     val_split: TokenFile
+    train_texts: Dataset  # the training stories, whose words are the vocabulary the story figures measure against
+    held_out_stories: list[str]  # the first stories of the held-out split, whose openings the final stories continue
     checksums: dict[str, str]  # the SHA-256 of each split's token file, for the recipe
     hub_id: str | None
     validation_source: str
@@ -67,7 +74,9 @@ class Run:
     clock: PhaseClock
     from_parent: bool  # --init_from: the parent is evaluated at step 0
     recipe: dict  # what the run computes (recipe.py), saved with every checkpoint
+    ema: AveragedModel | None = None  # the moving average of the weights (--ema_decay)
     progress: tqdm | None = None
+    steps_at_last_evaluation: int = 0  # this process's steps timed before its last evaluation
 
     @property
     def output_dir(self) -> Path:
@@ -88,6 +97,8 @@ class Run:
 
     def save_checkpoint(self) -> Path:
         """A checkpoint of this step, with what --resume and convert.py read without loading its weights."""
+        if self.budget:
+            self.state.budget_spent = self.budget.elapsed()
 
         def describe(folder: Path) -> None:
             self.config.save_pretrained(folder)  # the shape, for convert.py
@@ -96,8 +107,49 @@ class Run:
 
         return save_checkpoint(self.accelerator, self.state.step, self.args, describe)
 
+    # --max_time: the first decision, after the warm-up's first steps, and the re-plans of a wsd schedule
+
+    def budget_decides_now(self) -> bool:
+        return self.budget is not None and self.budget.decides_at(self.state.step, self.args.max_iters)
+
+    def budget_replans_now(self) -> bool:
+        """Whether to re-plan before this step's evaluation: a wsd schedule, planned, its decay not begun, and an
+        evaluation since the plan to cost the rest with."""
+        return (
+            self.budget is not None
+            and self.args.lr_scheduler_type == "wsd"
+            and self.args.max_iters is not None
+            and self.evaluation_due()
+            and self.state.last_costs is not None
+            and self.state.step < decay_start(self.args)
+        )
+
+    def decide_budget(self, evaluation_costs: dict[str, float]) -> None:
+        measured = self.measured_costs(evaluation_costs, since=0)
+        self.fix_max_iters(self.budget.choose_max_iters(measured, self.state.step, self.args, self.accelerator))
+
+    def replan_budget(self) -> None:
+        measured = self.measured_costs(self.state.last_costs, since=self.steps_at_last_evaluation)
+        step = self.state.step
+        # the shortest plan whose decay has not begun yet (the plan in force is one: its decay starts later)
+        floor = next(
+            m for m in range(step, self.args.max_iters + 1) if decay_start(replace(self.args, max_iters=m)) > step
+        )
+        self.fix_max_iters(self.budget.replan(measured, step, self.args, self.accelerator, floor))
+
+    def measured_costs(self, evaluation_costs: dict[str, float], since: int):
+        return measure_costs(
+            self.throughput.typical_step(since),
+            evaluation_costs,
+            final_pass_batches(self),
+            self.args.eval_iters,
+            self.accelerator.num_processes,
+        )
+
     def fix_max_iters(self, max_iters: int) -> None:
         """From here on, exactly the run that was given this max_iters (saved with the checkpoints)."""
+        if max_iters != self.state.chosen_max_iters:
+            self.state.plans.append([self.state.step, max_iters])
         self.state.chosen_max_iters = max_iters
         self.args = replace(self.args, max_iters=max_iters)
         if self.progress is not None:
@@ -115,6 +167,11 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
         raise ValueError(
             "--lora_r under FSDP is not supported: LoRA trains a few adapters on a model that fits one device, so "
             "launch it with configs/accelerate/ddp.yaml or as one process."
+        )
+    if args.ema_decay and is_sharded(accelerator):  # the average is of whole weights, which one process holds
+        raise ValueError(
+            "--ema_decay averages every weight of a model one process holds: launch it with "
+            "configs/accelerate/ddp.yaml or as one process, not under FSDP."
         )
 
     # the data and tokenizer (built once by the main process, reused from the cache by the others); a parent
@@ -137,6 +194,9 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
     model, optimizer = accelerator.prepare(model, optimizer)
     state = RunState(DeviceBatches(data.train_sampler, accelerator.device))
     accelerator.register_for_checkpointing(state)
+    ema = moving_average(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)  # resumed with the rest, so --resume stays exact
     tokens_per_step = args.batch_size * args.gradient_accumulation_steps * config.block_size * accelerator.num_processes
 
     budget = TimeBudget(args.max_time, args.warmup_steps, step_cap=args.max_iters) if args.max_time else None
@@ -154,6 +214,7 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
         throughput=Throughput(tokens_per_step, model_flops_per_token(config, n_params), peak_flops(accelerator.device)),
         clock=clock,
         from_parent=parent is not None,
+        ema=ema,
         recipe=recipe(
             (model_args, data_args, args),
             config,
@@ -163,12 +224,20 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
     print_plan(run, n_params)
     if args.resume:
         resume(run)
-    if budget:
+    if budget and state.chosen_max_iters is not None:  # as the resumed run chose it, its budget going on
+        run.budget = TimeBudget(args.max_time, args.warmup_steps, step_cap=args.max_iters, spent=state.budget_spent)
+        run.fix_max_iters(state.chosen_max_iters)
+    elif budget:
         budget.check_started_in_time()
-        if state.chosen_max_iters is not None:  # as the resumed run chose it
-            run.fix_max_iters(state.chosen_max_iters)
     accelerator.init_trackers("tinystories-gpt", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
     return run
+
+
+def moving_average(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s weights (torch's AveragedModel), of a plain uncompiled copy."""
+    plain = TinyStoriesGPTForCausalLM(model.config).to(next(model.parameters()).device)
+    plain.load_state_dict(model.state_dict())
+    return AveragedModel(plain, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def load_training_data(
@@ -206,6 +275,8 @@ def load_training_data(
             else prepared.validation_source
         ),
         val_split=prepared.validation,
+        train_texts=prepared.texts["train"],
+        held_out_stories=prepared.texts["dev" if prepared.dev else "validation"]["text"][:FINAL_STORIES],
         checksums={
             f"{name}_tokens_sha256": split.sha256
             for name, split in (("train", prepared.train), ("dev", prepared.dev), ("validation", prepared.validation))
