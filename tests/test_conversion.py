@@ -375,5 +375,6 @@ def test_cli_converts_and_reports_bad_input_in_one_line(tmp_path):
     result = run_convert("gpt2", str(tmp_path / "nowhere"), str(tmp_path / "gpt2"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"convert.py: error: {tmp_path / 'nowhere'} has no config.json; pass a folder written by save_pretrained"
+        f"convert.py: error: model folder {tmp_path / 'nowhere'} does not exist; pass a folder train.py or "
+        "convert.py wrote"
     ]

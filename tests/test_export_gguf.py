@@ -118,7 +118,10 @@ def assert_refused(result: subprocess.CompletedProcess, message: str, output: Pa
 def test_gguf_of_a_folder_that_is_not_a_model_is_refused(tmp_path):
     (tmp_path / "notes").mkdir()
     output = tmp_path / "out.gguf"
-    message = f"{tmp_path / 'notes'} has no config.json; pass a folder written by save_pretrained"
+    message = (
+        f"{tmp_path / 'notes'} has no config.json, so it is not a saved model; pass a folder written by "
+        "save_pretrained (train.py's best/, or a convert.py output)"
+    )
     assert_refused(run_convert("gguf", str(tmp_path / "notes"), str(output)), message, output)
 
 
