@@ -4,11 +4,13 @@
 #   .side-envs/tf457/       venv: Transformers 4.57.6 (the 4.x line; llama.cpp's converter pins it too)
 #   .side-envs/llama-cpp/   llama-cpp-python, compiled here from its sdist, as an importable folder (PYTHONPATH)
 #   .side-envs/llama.cpp/   the llama.cpp source from that sdist: convert_hf_to_gguf.py and gguf-py
+#   .side-envs/llama-server/ the packages of llama-cpp-python's [server] extra that the project lacks (its fastapi,
+#                           uvicorn and pyyaml are the project's), as an importable folder: python -m llama_cpp.server
 #   .side-envs/lens/        venv: TransformerLens 4.x
 #   .side-envs/node/        node_modules with @huggingface/transformers (transformers.js; its onnxruntime-web holds
 #                           the WebAssembly files the static demo page copies: convert.py space --sdk static)
 #
-# Usage: bash .ci/side_envs.sh [tf457|llama|lens|node ...]   (no argument: all of them)
+# Usage: bash .ci/side_envs.sh [tf457|llama|llama_server|lens|node ...]   (no argument: all of them)
 # Each part is skipped when already built; the compiled llama-cpp-python wheel is kept in .side-envs/cache/, so
 # a rebuild after `rm -r .side-envs/llama-cpp` takes seconds. Each part prints how long it took.
 set -euo pipefail
@@ -83,6 +85,15 @@ build_llama() {
     mv $SIDE/llama-cpp.tmp $SIDE/llama-cpp
 }
 
+build_llama_server() {
+    [ -f $SIDE/llama-server/sse_starlette/__init__.py ] && return
+    rm -rf $SIDE/llama-server.tmp
+    "$PYTHON" -m pip install --quiet --no-deps --target $SIDE/llama-server.tmp "sse-starlette==3.7.1" \
+        "pydantic-settings==2.16.3" "starlette-context==0.3.6" "python-dotenv==1.2.1"
+    rm -rf $SIDE/llama-server
+    mv $SIDE/llama-server.tmp $SIDE/llama-server
+}
+
 build_lens() {
     [ -x $SIDE/lens/bin/python ] && return
     rm -rf $SIDE/lens.tmp
@@ -102,10 +113,10 @@ build_node() {
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(tf457 llama lens node)
+[ ${#parts[@]} -eq 0 ] && parts=(tf457 llama llama_server lens node)
 for part in "${parts[@]}"; do
     case $part in
-        tf457 | llama | lens | node) timed "$part" "build_$part" ;;
-        *) echo "unknown side env $part; pick tf457, llama, lens or node" >&2 && exit 2 ;;
+        tf457 | llama | llama_server | lens | node) timed "$part" "build_$part" ;;
+        *) echo "unknown side env $part; pick tf457, llama, llama_server, lens or node" >&2 && exit 2 ;;
     esac
 done

@@ -26,6 +26,10 @@ SIDE_ENVS = Path(os.environ.get("TINYSTORIES_SIDE_ENVS", REPO / ".side-envs"))
 TOKENIZERS = ("gpt2", "bpe")  # the bundled GPT-2 tokenizer, and a byte-level BPE trained by train.py
 VALIDATION_STORIES = 40  # the fixture's validation split: train.py scores it whole at the end of each run
 NEW_TOKENS = 32  # with the prompt, within the context of 64
+# Largest logit difference of llama.cpp from our float32 model, relative to our largest logit, measured on these
+# models: f32 2.7e-4 (llama.cpp's GELU is the tanh approximation through an F16 table, ours the exact erf), f16 5.0e-4,
+# q8_0 7.8e-3 (the trained BPE model's largest logit is 12.4: 0.0033, 0.0062, 0.097). A misplaced tensor is O(1).
+GGUF_LOGITS_TOLERANCE = {"f32": 1e-3, "f16": 2e-3, "q8_0": 3e-2}
 
 
 def side_env(relative: str, what: str) -> Path:
@@ -37,6 +41,13 @@ def side_env(relative: str, what: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def llama_cpp_pythonpath() -> str:
+    """PYTHONPATH for llama-cpp-python and its [server] extra, as .ci/side_envs.sh builds them (importable folders)."""
+    folders = [side_env("llama-cpp/llama_cpp", "llama-cpp-python").parent]
+    folders.append(side_env("llama-server/sse_starlette", "llama-cpp-python's [server] extra").parent)
+    return os.pathsep.join(str(folder) for folder in folders)
 
 
 def validation_story() -> str:
@@ -96,9 +107,9 @@ class StoryModels:
     def onnx_folder(self, tokenizer: str) -> Path:
         return export_onnx(self.hub_folder(tokenizer), self.root / f"onnx-{tokenizer}")
 
-    @cache  # noqa: B019
     def gguf_file(self, tokenizer: str, outtype: str = "f32") -> Path:
-        return export_gguf(self.hub_folder(tokenizer), self.root / f"{tokenizer}-{outtype}.gguf", outtype=outtype)
+        path = self.root / f"{tokenizer}-{outtype}.gguf"  # made once, however the arguments are passed
+        return path if path.exists() else export_gguf(self.hub_folder(tokenizer), path, outtype=outtype)
 
     @cache  # noqa: B019
     def ours(self, tokenizer: str):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from browsers import STORY_TIMEOUT_MS, free_port, page_with_log, visible_text
+from browsers import STORY_TIMEOUT_MS, page_with_log, visible_text
+from servers import free_port
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
 
 from tinystories_gpt.cli import demo as demo_cli

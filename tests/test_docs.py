@@ -13,8 +13,10 @@ again; `python -m pytest` is this suite itself. A comment above a block says wha
 
     <!-- docs-test: needs N GPUs -->            it runs, alone, only where there are that many
     <!-- docs-test: needs the node side env --> the page runs with node_modules/ from .side-envs/node (else it skips)
+    (a page that runs llama_cpp)                the page runs with .side-envs' llama-cpp-python (else it skips)
     <!-- docs-test: serves on port P -->        a server: it runs in the background on a free port instead of P
-                                                until it answers there, then it is stopped
+                                                from when it answers there (at / or, with `at /PATH`, at that
+                                                path) to the end of the page; later blocks reach it at P
 """
 
 import os
@@ -22,16 +24,17 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from browsers import free_port, serving
-from exports import side_env
+from exports import llama_cpp_pythonpath, side_env
 from fake_hub import FakeHub, serve_on_loopback
 from runs import REPO, small_stories
+from servers import free_port, serving
 
 from tinystories_gpt.demo.space import TRANSFORMERS_JS
 
@@ -40,7 +43,7 @@ pytestmark = pytest.mark.slow  # every page trains, converts and serves
 PAGES = ["README.md", "DEVELOPING.md", *sorted(str(path.relative_to(REPO)) for path in (REPO / "docs").glob("*.md"))]
 NEEDS_GPUS = re.compile(r"<!-- docs-test: needs (\d+) GPUs? -->")
 NEEDS_NODE = "<!-- docs-test: needs the node side env -->"
-SERVES = re.compile(r"<!-- docs-test: serves on port (\d+) -->")
+SERVES = re.compile(r"<!-- docs-test: serves on port (\d+)(?: at (/\S*))? -->")
 # What makes the environment (.ci/run does it) and the suite itself: read, checked against .ci/run, not run
 NOT_RUN = [
     r"python -m venv \.venv",
@@ -74,6 +77,7 @@ class Block:
     gpus: int  # the CUDA GPUs the block needs (the DDP and FSDP launches: 8, as their configs say)
     node: bool = False  # it needs transformers.js from npm (node_modules/)
     port: int | None = None  # the port of the server it starts
+    ready_path: str = "/"  # where the server answers once it is up
 
 
 def blocks(page: str) -> list[Block]:
@@ -95,6 +99,7 @@ def blocks(page: str) -> list[Block]:
                 Block(
                     page, index + 1, opening.group(1), code, int(gpus.group(1)) if gpus else 0,
                     node=above == NEEDS_NODE, port=int(serves.group(1)) if serves else None,
+                    ready_path=serves.group(2) or "/" if serves else "/",
                 )
             )  # fmt: skip
         index = end + 1
@@ -139,11 +144,26 @@ def environment(scratch: Path, hub_url: str) -> dict[str, str]:
     }
 
 
-def run_block(block: Block, scratch: Path, env: dict[str, str]) -> None:
+@dataclass
+class PageServers:
+    """The servers a page started, each on a free port instead of the one the page names, running until the page
+    ends (the stack closes): later blocks reach them at the page's port."""
+
+    stack: ExitStack
+    ports: dict[int, int] = field(default_factory=dict)  # the page's port -> the free one
+
+    def substitute(self, code: str) -> str:
+        for named, port in self.ports.items():
+            code = re.sub(rf"\b{named}\b", str(port), code)
+        return code
+
+
+def run_block(block: Block, scratch: Path, env: dict[str, str], servers: PageServers | None = None) -> None:
+    code = servers.substitute(block.code) if servers is not None else block.code
     if block.language == "python":
-        command, stdin = [sys.executable, "-"], block.code
+        command, stdin = [sys.executable, "-"], code
     else:
-        script = block.code
+        script = code
         for pattern in NOT_RUN:
             script = re.sub(pattern, "true", script)
         command, stdin = ["bash", "-euo", "pipefail", "-c", script], None
@@ -156,11 +176,16 @@ def run_block(block: Block, scratch: Path, env: dict[str, str]) -> None:
     if block.port is not None:  # a server: on a free port, until it answers there
         port = free_port()
         command[-1] = re.sub(rf"\b{block.port}\b", str(port), command[-1])
-        with serving(command, f"http://127.0.0.1:{port}/", cwd=cwd, env=env):
-            return
+        server = serving(command, f"http://127.0.0.1:{port}{block.ready_path}", cwd=cwd, env=env)
+        if servers is None:
+            with server:
+                return
+        servers.stack.enter_context(server)
+        servers.ports[block.port] = port
+        return
     result = subprocess.run(command, input=stdin, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (
-        f"{block.page} line {block.line} failed ({result.returncode}):\n{block.code}\n--- stdout\n"
+        f"{block.page} line {block.line} failed ({result.returncode}):\n{code}\n--- stdout\n"
         f"{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
     )
 
@@ -209,10 +234,13 @@ def test_every_block_of_the_page_runs(page, stand_ins, tmp_path):
     if page != "README.md":  # the README trains the quickstart itself
         shutil.copytree(stand_ins / "out", scratch / "out")
         shutil.copyfile(stand_ins / "best_model_params.pt", scratch / "best_model_params.pt")
-    with serve_on_loopback(FakeHub()) as hub_url:
+    with serve_on_loopback(FakeHub()) as hub_url, ExitStack() as stack:
         env = environment(scratch, hub_url)
+        if any("llama_cpp" in block.code for block in page_blocks):  # what `pip install llama-cpp-python[server]` makes
+            env["PYTHONPATH"] = llama_cpp_pythonpath()
+        servers = PageServers(stack)
         for block in page_blocks:
-            run_block(block, scratch, env)
+            run_block(block, scratch, env, servers)
 
 
 GPU_BLOCKS = [block for page in PAGES for block in blocks(page) if block.gpus]

@@ -53,6 +53,7 @@ ORDER = [
     "cli.generate",
     "cli.convert",
     "cli.demo",
+    "cli.serve",
     "demo.__main__",
 ]
 

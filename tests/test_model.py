@@ -158,12 +158,23 @@ def test_over_long_input_raises_a_value_error_naming_block_size():
     model = tiny_model()
     with pytest.raises(ValueError, match="block_size=32"):
         model(torch.randint(0, 101, (1, 33)))
-    with pytest.raises(ValueError, match="block_size=32"):
-        model.generate(torch.randint(0, 101, (1, 30)), max_new_tokens=5)
+    with pytest.raises(ValueError, match="block_size=32 tokens, prompt and story; shorten the prompt to at most 31"):
+        model.generate(torch.randint(0, 101, (1, 32)), max_new_tokens=1)
     with pytest.raises(ValueError, match="block_size=32"):
         model.generate(torch.randint(0, 101, (1, 40)), max_new_tokens=1)
     # exactly the context is fine
     assert model.generate(torch.randint(1, 101, (1, 30)), max_new_tokens=2, min_new_tokens=2).shape == (1, 32)
+
+
+def test_generation_stops_at_the_end_of_the_context():
+    """More new tokens than the context holds (a server's default of 1024) write up to the context, like the default
+    max_length, and the tokens written are those a request that fits writes."""
+    model = tiny_model()
+    prompt = torch.randint(1, 101, (1, 20))
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    fitting = model.generate(prompt, max_new_tokens=12, **kwargs)
+    assert torch.equal(model.generate(prompt, max_new_tokens=1024, **kwargs), fitting)
+    assert fitting.shape == (1, 32)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

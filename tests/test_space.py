@@ -11,10 +11,11 @@ from pathlib import Path
 import gradio
 import pytest
 import torch
-from browsers import STORY_TIMEOUT_MS, free_port, page_with_log, serving, static_server
+from browsers import STORY_TIMEOUT_MS, page_with_log, static_server
 from exports import side_env
 from fake_hub import FakeHub, serve_on_loopback
 from huggingface_hub import SpaceCard
+from servers import free_port, serving
 
 from tinystories_gpt.cli import convert
 from tinystories_gpt.data.sources import load_text_splits

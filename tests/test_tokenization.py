@@ -12,11 +12,13 @@ from tinystories_gpt.data.token_files import dataset_fingerprint
 from tinystories_gpt.data.tokenization import (
     EOS_TOKEN,
     GPT2_TOKENIZER_DIR,
+    STORY_CHAT_TEMPLATE,
     check_vocab_fits,
     load_gpt2_tokenizer,
     load_tokenizer,
     tokenizer_fingerprint,
     train_tokenizer,
+    with_story_chat_template,
 )
 
 pytestmark = pytest.mark.usefixtures("hf_cache")
@@ -145,3 +147,30 @@ def test_check_vocab_fits():
     check_vocab_fits(tokenizer, 50304)
     with pytest.raises(ValueError, match=r"50257 tokens .* vocab_size is 50000.*50304"):
         check_vocab_fits(tokenizer, 50000)
+
+
+def test_the_story_chat_template_makes_the_last_user_message_the_opening():
+    tokenizer = with_story_chat_template(load_gpt2_tokenizer())
+    chat = [
+        {"role": "system", "content": "You are a storyteller."},
+        {"role": "user", "content": "Once upon a time"},
+        {"role": "assistant", "content": " there was a cat."},
+        {"role": "user", "content": "Tom had a red kite."},
+    ]
+    assert tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == "Tom had a red kite."
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Once"}, {"type": "text", "text": " upon"}]}]
+    assert tokenizer.apply_chat_template(parts, tokenize=False) == "Once upon"
+    with pytest.raises(Exception, match="send the opening as a user message"):
+        tokenizer.apply_chat_template([{"role": "system", "content": "Be kind."}], tokenize=False)
+    # a template of the tokenizer's own is kept
+    tokenizer.chat_template = "{{ messages[0]['content'] }}"
+    assert with_story_chat_template(tokenizer).chat_template == "{{ messages[0]['content'] }}"
+
+
+def test_saved_folders_and_gpt2_exports_carry_the_chat_template(tiny_model, tmp_path):
+    from tinystories_gpt.export.gpt2 import export_gpt2
+
+    for folder in (tiny_model, export_gpt2(tiny_model, tmp_path / "gpt2")):
+        assert (folder / "chat_template.jinja").read_text() == STORY_CHAT_TEMPLATE
+        reloaded = AutoTokenizer.from_pretrained(folder)
+        assert reloaded.apply_chat_template([{"role": "user", "content": "Hi."}], tokenize=False) == "Hi."

@@ -21,12 +21,14 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
-from transformers.utils import can_return_tuple
+from transformers.utils import can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_tinystories_gpt import TinyStoriesGPTConfig
+
+logger = logging.get_logger(__name__)
 
 
 def eager_attention_forward(
@@ -78,7 +80,8 @@ class TinyStoriesGPTAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
 
         if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)
+            # kwargs: a paged cache (continuous batching) reads its indices there and adds the attention's own
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -202,15 +205,17 @@ class TinyStoriesGPTModel(TinyStoriesGPTPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
 
-        past_seen_tokens = cache.get_seq_length() if cache is not None else 0
-        total_length = past_seen_tokens + inputs_embeds.shape[1]
-        if total_length > self.config.block_size:
-            raise ValueError(
-                f"The sequence is {total_length} tokens long ({past_seen_tokens} cached + "
-                f"{inputs_embeds.shape[1]} new), but this model's context is block_size="
-                f"{self.config.block_size} tokens. Shorten the prompt or ask for fewer new tokens."
-            )
+        # Positions given by the caller are the caller's to keep in range: continuous batching packs many requests
+        # into one row and passes each token's own position (and checks each request against the context itself).
         if position_ids is None:
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+            total_length = past_seen_tokens + inputs_embeds.shape[1]
+            if total_length > self.config.block_size:
+                raise ValueError(
+                    f"The sequence is {total_length} tokens long ({past_seen_tokens} cached + "
+                    f"{inputs_embeds.shape[1]} new), but this model's context is block_size="
+                    f"{self.config.block_size} tokens. Shorten the prompt or ask for fewer new tokens."
+                )
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
@@ -288,14 +293,42 @@ class TinyStoriesGPTForCausalLM(TinyStoriesGPTPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
+    def _prepare_generated_length(
+        self,
+        generation_config,
+        has_default_max_length,
+        has_default_min_length,
+        model_input_name,
+        input_ids_length,
+        inputs_tensor,
+    ):
+        # A story ends where the context ends, as Transformers' default max_length already does: positions past
+        # block_size have no embedding. Servers ask for many new tokens by default (`transformers serve`: 1024), and
+        # stop at the context like llama.cpp and the OpenAI API, where "length" is the finish reason.
+        generation_config = super()._prepare_generated_length(
+            generation_config,
+            has_default_max_length,
+            has_default_min_length,
+            model_input_name,
+            input_ids_length,
+            inputs_tensor,
+        )
+        if input_ids_length < self.config.block_size < generation_config.max_length:
+            logger.warning_once(
+                f"Generation stops at this model's context, block_size={self.config.block_size} tokens, before the "
+                f"{generation_config.max_length} tokens asked for (prompt and new tokens)."
+            )
+            generation_config.max_length = self.config.block_size
+        return generation_config
+
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
-        # Refuse before the first token rather than fail midway: positions past block_size have no embedding.
+        # Refuse before the first token a prompt that leaves no room in the context.
         super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
-        if generation_config.max_length > self.config.block_size:
+        if input_ids_length >= self.config.block_size:
             raise ValueError(
-                f"The prompt ({input_ids_length} tokens) plus the new tokens make {generation_config.max_length} "
-                f"tokens, but this model's context is block_size={self.config.block_size} tokens. Lower "
-                f"max_new_tokens to at most {max(self.config.block_size - input_ids_length, 0)} or shorten the prompt."
+                f"The prompt is {input_ids_length} tokens, but this model's context is block_size="
+                f"{self.config.block_size} tokens, prompt and story; shorten the prompt to at most "
+                f"{self.config.block_size - 1} tokens."
             )
 
 

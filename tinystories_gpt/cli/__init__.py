@@ -4,6 +4,8 @@
     tinystories-evaluate  python -m tinystories_gpt.cli.evaluate
     tinystories-generate  python -m tinystories_gpt.cli.generate
     tinystories-convert   python -m tinystories_gpt.cli.convert    (python convert.py in a checkout)
+    tinystories-demo      python -m tinystories_gpt.demo
+    tinystories-serve     python -m tinystories_gpt.cli.serve      (transformers serve, for our folders)
 
 Each `main(argv)` returns the exit status that exit_status.py lists.
 """

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import tokenizers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ..files import replacing_folder
 
@@ -30,6 +30,18 @@ if TYPE_CHECKING:  # for hints only: datasets (and pyarrow) load only where the 
 EOS_TOKEN = "<|endoftext|>"
 GPT2_TOKENIZER_DIR = Path(__file__).resolve().parent / "gpt2_tokenizer"
 NUM_BYTE_SYMBOLS = 256  # byte-level BPE starts from one symbol per byte value, so it never needs an unknown token
+# A story model has no conversation, but chat clients speak only in messages: the last user message is the story's
+# opening, written as it is (no role markers the model never saw), and the reply is its continuation.
+STORY_CHAT_TEMPLATE = (
+    "{%- set openings = messages | selectattr('role', 'equalto', 'user') | list -%}"
+    "{%- if not openings -%}"
+    "{{ raise_exception('A story model continues an opening: send the opening as a user message.') }}"
+    "{%- endif -%}"
+    "{%- set opening = openings[-1]['content'] -%}"
+    "{%- if opening is string -%}{{ opening }}"
+    "{%- else -%}{%- for part in opening if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
+    "{%- endif -%}"
+)
 
 
 def load_gpt2_tokenizer() -> PreTrainedTokenizerFast:
@@ -114,6 +126,13 @@ def check_vocab_fits(tokenizer: PreTrainedTokenizerFast, vocab_size: int) -> Non
             f"{len(tokenizer) - 1} would index past the embedding. Set vocab_size >= {len(tokenizer)} "
             f"(e.g. {rounded}, a multiple of 64) or use a smaller tokenizer."
         )
+
+
+def with_story_chat_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """`tokenizer`, given STORY_CHAT_TEMPLATE if it has no chat template, so a saved folder serves chat clients."""
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = STORY_CHAT_TEMPLATE
+    return tokenizer
 
 
 def _with_pad_token(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:

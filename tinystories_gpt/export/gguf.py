@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+from ..data.tokenization import STORY_CHAT_TEMPLATE
 from ..files import check_output
 from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .checks import check_logits, float64_logits, probe_input_ids, reference_logits, save_checked
@@ -35,8 +36,9 @@ OUTTYPES = {
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 # Largest logit difference the read-back check allows, relative to the largest logit: f32 is exact; the others
-# are measured on trained models (f16 ~2e-4, q8_0 ~5e-3) with room to spare, while a misplaced tensor is off by O(1).
-LOGITS_TOLERANCE = {"f32": 1e-6, "f16": 5e-3, "q8_0": 5e-2}
+# are measured on trained models (f16 ~2e-4; q8_0 from ~5e-3 up to 6.1e-2, the tests' 2 x 64 BPE model as trained on
+# an AMD EPYC, on the check's random-token probe) with room to spare, while a misplaced tensor is off by O(1).
+LOGITS_TOLERANCE = {"f32": 1e-6, "f16": 5e-3, "q8_0": 1.5e-1}
 GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh")  # llama.cpp's gpt2 graph computes a GELU
 HEAD = "lm_head.weight"
 
@@ -159,6 +161,8 @@ def add_vocabulary(
     # Ours never prepend a BOS (stories are separated by end-of-text, prompts start without one); llama.cpp would
     # otherwise guess from the pre-tokenizer.
     special_vocab.add_special_token.setdefault("bos", False)
+    if special_vocab.chat_template is None:  # a folder saved before tokenizers carried one: chat clients need it
+        special_vocab.chat_template = STORY_CHAT_TEMPLATE
     special_vocab.add_to_gguf(writer, quiet=True)
 
 

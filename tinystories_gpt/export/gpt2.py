@@ -13,6 +13,7 @@ from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrain
 from transformers.activations import ACT2FN
 
 from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
+from ..data.tokenization import with_story_chat_template
 from ..files import check_output
 from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
 from .checks import HEAD, float64_logits, probe_input_ids, reloads_with_logits, save_checked
@@ -102,7 +103,7 @@ def save_portable_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Pa
     shift of every logit. GPT-2's own tokenizer class keeps its name and its inputs.
     """
     tokenizer.model_max_length = context_length
-    tokenizer.save_pretrained(folder)
+    with_story_chat_template(tokenizer).save_pretrained(folder)
     config_file = Path(folder) / "tokenizer_config.json"
     tokenizer_config = json.loads(config_file.read_text())
     if tokenizer_config["tokenizer_class"] == "TokenizersBackend":

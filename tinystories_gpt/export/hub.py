@@ -7,6 +7,7 @@ A Hub-ready folder holds everything `from_pretrained` and the Hub page need, wit
     configuration_tinystories_gpt.py   the model's code, copied by `save_pretrained`
     modeling_tinystories_gpt.py
     tokenizer.json, tokenizer_config.json, ...
+    chat_template.jinja                the opening-in, story-out chat template (data/tokenization.py)
     generation_config.json             sampling defaults for stories
     README.md                          the model card, rendered from model_card.md
     loss_curve.png                     when a loss curve is given
@@ -31,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..data.tokenization import check_vocab_fits
+from ..data.tokenization import check_vocab_fits, with_story_chat_template
 from ..evaluation.stories import story_generation_config
 from ..files import check_output, folder_damage, replacing_folder, write_manifest
 
@@ -193,7 +194,7 @@ def write_hub_folder(
 
     # weights, config.json with auto_map, and the code (registered on import)
     model.save_pretrained(folder, state_dict=state_dict)
-    tokenizer.save_pretrained(folder)
+    with_story_chat_template(tokenizer).save_pretrained(folder)
     generation_config = story_generation_config(model, tokenizer)
     generation_config.save_pretrained(folder)  # replaces the plain one save_pretrained wrote
     if loss_curve is not None:
