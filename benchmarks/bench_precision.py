@@ -7,6 +7,9 @@ A CPU with AVX512-BF16 but no AMX (AMD EPYC, older Xeons) runs bf16 matmuls on o
 one run (the clock and memory of the other machine are not emulated: compare ratios, not times). Each configuration
 runs in its own process (oneDNN reads the variable once), alternating over rounds; the anchor is fp32 on this CPU's
 own ISA. Prints the median ms per optimizer step (batch 16 x 128, the quickstart model, eager attention).
+
+The emulation is not such a CPU: on an AMD EPYC (AVX512-BF16, no AMX) bf16 measured 2.3-3.1x as fast as fp32, where
+the Intel Xeon held to the same kernels measured 0.72x. Run it on the CPU you mean.
 """
 
 import argparse

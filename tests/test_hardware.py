@@ -12,26 +12,35 @@ from tinystories_gpt.training.hardware import can_compile, peak_flops, resolve_m
 
 def test_mixed_precision_auto_follows_the_device_and_fp16_on_cpu_is_refused(monkeypatch):
     assert resolve_mixed_precision("no", use_cuda=False) == "no"
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_bf16_matmul", lambda: True)
     assert resolve_mixed_precision("auto", use_cuda=False) == "bf16"
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16_matmul", lambda: False)
     assert resolve_mixed_precision("auto", use_cuda=False) == "no"
-    assert resolve_mixed_precision("bf16", use_cuda=False) == "bf16"  # asked for by name: kept, AMX or not
+    assert resolve_mixed_precision("bf16", use_cuda=False) == "bf16"  # asked for by name: kept, whatever the CPU
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         resolve_mixed_precision("fp16", use_cuda=False)
 
 
-def test_amx_counts_only_where_onednn_may_use_it(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    for isa, expected in [(None, True), ("ALL", True), ("avx512_core_amx", True), ("AVX512_CORE_BF16", False)]:
-        if isa is None:
-            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-        else:
-            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
-        assert hardware.cpu_has_amx() is expected, isa
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    assert hardware.cpu_has_amx() is False
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, isa, expected",
+    [
+        (True, True, None, True),  # an Intel Xeon with AMX
+        (False, True, None, True),  # an AMD EPYC (Zen 4): AVX512-BF16, no AMX
+        (True, True, "AVX512_CORE_BF16", True),  # AMX off, AVX512-BF16 still on
+        (False, True, "avx512_core_amx", True),
+        (True, True, "AVX512_CORE", False),  # oneDNN held below bf16
+        (True, True, "avx2", False),
+        (False, False, None, False),  # no bf16 arithmetic: most laptops and desktops
+    ],
+)
+def test_bf16_counts_where_onednn_may_run_it_in_hardware(monkeypatch, amx, avx512_bf16, isa, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    if isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert hardware.cpu_has_bf16_matmul() is expected
 
 
 def test_peak_flops_match_the_specific_card_first(monkeypatch):
