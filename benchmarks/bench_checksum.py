@@ -10,19 +10,14 @@ tokenizer, one process), from which the time to tokenize `--tokens` tokens is ex
 
 import argparse
 import hashlib
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "tinystories"
-
-
-def cpu_name() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown")
 
 
 def main() -> None:

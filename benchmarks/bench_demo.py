@@ -23,7 +23,6 @@ import argparse
 import functools
 import json
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 from bench_exports import quickstart_folder
 from gradio_client import Client
+from machine import cpu_name
 from playwright.sync_api import sync_playwright
 
 from tinystories_gpt.demo import app
@@ -44,11 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 100
 VISITORS = 8
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-
-
-def cpu_name() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown CPU")
 
 
 def python_rate(writer: "app.StoryWriter") -> float:

@@ -18,6 +18,8 @@ import statistics
 import subprocess
 import sys
 
+from machine import cpu_name
+
 STEP = """
 import sys, time, torch
 from tinystories_gpt import TinyStoriesGPTConfig, TinyStoriesGPTForCausalLM
@@ -69,7 +71,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (precision, isa) in CONFIGS.items():
             times[name].append(measure(precision, isa, args.steps, args.compile))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = cpu_name()
     anchor = statistics.median(times["fp32, this CPU"])
     print(f"{cpu}, {os.cpu_count()} cores; quickstart step, batch 16 x 128{', compiled' if args.compile else ''}")
     print(f"{'configuration':<16} {'ms/step':>8} {'vs fp32 here':>13}")

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import openai
 import torch
-from bench_demo import cpu_name
 from bench_exports import quickstart_folder
+from machine import cpu_name
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tinystories_gpt  # noqa: F401  (registers the Auto classes)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 import torch
+from machine import cpu_name
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -742,7 +743,7 @@ def main() -> None:
     for step in steps:
         if args.only is None or step.__name__ in args.only:
             step()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    cpu = cpu_name()
     table = ["| fault | tries | outcome |", "|---|---|---|", *(f"| {' | '.join(cells)} |" for cells in ROWS)]
     header = (
         f"# Fault table (issues 16 and 22)\n\n`python benchmarks/fault_table.py` on {cpu} ({os.cpu_count()} cores, "
