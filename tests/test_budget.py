@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from tinystories_gpt.cli import train as train_cli
 from tinystories_gpt.training import run
-from tinystories_gpt.training.budget import MeasuredCosts, affordable_max_iters, remaining_seconds
+from tinystories_gpt.training.budget import MeasuredCosts, affordable_max_iters, measure_costs, remaining_seconds
 from tinystories_gpt.training.loop import parse_args, train
 from tinystories_gpt.training.records import read_metrics
 
@@ -35,6 +35,18 @@ def test_the_affordable_max_iters_is_the_largest_that_fits():
     # final pass (5 s): 90 s of the 92 usable; one step more adds an evaluation and a checkpoint at step 701
     assert chosen == 700
     assert affordable_max_iters(1.0, 10, COSTS, 100, 500) is None  # not even the final pass fits
+
+
+def test_the_final_pass_is_costed_with_the_stories_it_writes():
+    """The final pass writes 21 stories for their figures, each one generate() to the end of the context like an
+    evaluation's samples (timed as its "story"): left out, the AMD quickstart overran its budget by 13 s."""
+    evaluation = {"evaluation": 4.0, "losses": 2.0, "story": 0.5, "best": 1.0}
+    # 4 evaluation batches a process: 2 s of forwards over 2 x 4 batches, 0.25 s each
+    costs = measure_costs(0.1, evaluation, final_batches=40, final_stories=21, eval_iters=8, processes=2)
+    assert costs.final_pass == 20 * 0.25 + 21 * 0.5 + (4.0 - 2.0) + 1
+    assert costs.checkpoint == 3 * 1.0 + 0.5
+    without_stories = measure_costs(0.1, {**evaluation, "story": 0.0}, 40, 21, 8, 2)
+    assert costs.final_pass - without_stories.final_pass == 21 * 0.5
 
 
 def budget_args(tmp_path, *extra: str) -> list[str]:

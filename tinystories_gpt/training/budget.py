@@ -81,10 +81,16 @@ def affordable_max_iters(
 
 
 def measure_costs(
-    step_seconds: float, evaluation: dict[str, float], final_batches: int, eval_iters: int, processes: int
+    step_seconds: float,
+    evaluation: dict[str, float],
+    final_batches: int,
+    final_stories: int,
+    eval_iters: int,
+    processes: int,
 ) -> MeasuredCosts:
     """What each remaining part of a run costs, from a typical step and the parts of one evaluation in seconds
-    ("evaluation", "losses": its forwards, "best": writing best/); `final_batches` are the final pass's batches."""
+    ("evaluation", "losses": its forwards, "story": its sample stories, "best": writing best/); `final_batches` are
+    the final pass's batches, `final_stories` the stories it writes for their figures."""
     forward_seconds = evaluation["losses"] / max(2 * math.ceil(eval_iters / processes), 1)
     other_parts = evaluation["evaluation"] - evaluation["losses"]  # the story, best/ written
     return MeasuredCosts(
@@ -92,8 +98,12 @@ def measure_costs(
         evaluation=evaluation["evaluation"],
         # a checkpoint writes the weights and AdamW's two moments: about three times what best/ writes
         checkpoint=3 * evaluation["best"] + 0.5,
-        # the final pass's forwards, then a story, best/ rewritten and loaded again: an evaluation's other parts
-        final_pass=math.ceil(final_batches / processes) * forward_seconds + other_parts + 1,
+        # the final pass's forwards; its stories, each one generate() to the end of the context like an evaluation's
+        # samples; then a story, best/ rewritten and loaded again: an evaluation's other parts
+        final_pass=math.ceil(final_batches / processes) * forward_seconds
+        + final_stories * evaluation.get("story", 0.0)
+        + other_parts
+        + 1,
     )
 
 

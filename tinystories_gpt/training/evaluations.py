@@ -67,7 +67,10 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
     if run.accelerator.is_main_process:
         append_metrics(run.output_dir / "metrics.jsonl", record)
         plot_loss_curve(read_metrics(run.output_dir / "metrics.jsonl"), run.output_dir / "loss_curve.png")
+        story_started = budget.now()
         stories = sample_stories(plain_model, run.data.tokenizer, run.args.num_samples, seed=run.args.seed + state.step)
+        # one generate() to the end of the context (num_samples at once), as each of the final pass's stories costs
+        seconds["story"] = budget.now() - story_started if stories else 0.0
         append_samples(run.output_dir / "samples.md", state.step, stories)
         print(
             f"\nstep {state.step}: train loss {train_loss:.4f}, {name} loss {held_out_loss:.4f}"

@@ -142,6 +142,7 @@ class Run:
             self.throughput.typical_step(since),
             evaluation_costs,
             final_pass_batches(self),
+            FINAL_STORIES + 1,  # and the seed prompt's
             self.args.eval_iters,
             self.accelerator.num_processes,
         )
