@@ -222,9 +222,9 @@ class TrainingArguments:
         default="cosine",
         metadata={
             "help": f"Decay after warmup: {', '.join(LR_SCHEDULER_TYPES)}, to min_lr. wsd (warmup-stable-decay) holds "
-            "learning_rate until the last decay_fraction of max_iters, then decays along a cosine: under --max_time "
-            "the run re-plans max_iters at every evaluation before the decay, from the speed it measured since the "
-            "last one."
+            "learning_rate until the last decay_fraction of max_iters, then decays along a cosine. Under --max_time "
+            "the run re-plans max_iters at every evaluation from the speed it measured since the last one (wsd: until "
+            "its decay begins)."
         },
     )
     decay_fraction: float = field(

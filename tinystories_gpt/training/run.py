@@ -107,22 +107,26 @@ class Run:
 
         return save_checkpoint(self.accelerator, self.state.step, self.args, describe)
 
-    # --max_time: the first decision, after the warm-up's first steps, and the re-plans of a wsd schedule
+    # --max_time: the first decision, after the warm-up's first steps, then a re-plan at every evaluation
 
     def budget_decides_now(self) -> bool:
         return self.budget is not None and self.budget.decides_at(self.state.step, self.args.max_iters)
 
     def budget_replans_now(self) -> bool:
-        """Whether to re-plan before this step's evaluation: a wsd schedule, planned, its decay not begun, and an
-        evaluation since the plan to cost the rest with."""
+        """Whether to re-plan before this step's evaluation: planned, an evaluation since the plan to cost the rest
+        with, and a plan still open (a wsd schedule's decay not begun; a cosine or linear one not ended)."""
         return (
             self.budget is not None
-            and self.args.lr_scheduler_type == "wsd"
             and self.args.max_iters is not None
             and self.evaluation_due()
             and self.state.last_costs is not None
-            and self.state.step < decay_start(self.args)
+            and self.state.step < self.last_replan_step()
         )
+
+    def last_replan_step(self) -> int:
+        """wsd decays over a fixed share of the plan, so the plan holds from its decay on; a cosine or linear decay
+        stretches or shrinks with the plan up to its end (the rate moves by as much as the plan does)."""
+        return decay_start(self.args) if self.args.lr_scheduler_type == "wsd" else self.args.max_iters
 
     def decide_budget(self, evaluation_costs: dict[str, float]) -> None:
         measured = self.measured_costs(evaluation_costs, since=0)
@@ -131,9 +135,11 @@ class Run:
     def replan_budget(self) -> None:
         measured = self.measured_costs(self.state.last_costs, since=self.steps_at_last_evaluation)
         step = self.state.step
-        # the shortest plan whose decay has not begun yet (the plan in force is one: its decay starts later)
+        # the shortest plan still open: one more step, or for wsd one whose decay has not begun (the plan in force is)
         floor = next(
-            m for m in range(step, self.args.max_iters + 1) if decay_start(replace(self.args, max_iters=m)) > step
+            m
+            for m in range(step + 1, self.args.max_iters + 1)
+            if self.args.lr_scheduler_type != "wsd" or decay_start(replace(self.args, max_iters=m)) > step
         )
         self.fix_max_iters(self.budget.replan(measured, step, self.args, self.accelerator, floor))
 
