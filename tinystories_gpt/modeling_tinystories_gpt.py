@@ -205,8 +205,8 @@ class TinyStoriesGPTModel(TinyStoriesGPTPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
 
-        # Positions given by the caller are the caller's to keep in range: continuous batching packs many requests
-        # into one row and passes each token's own position (and checks each request against the context itself).
+        # Positions given by the caller are the caller's to keep in range, as in Llama: continuous batching packs many
+        # requests into one row and passes each token's own position, and its paged cache has no sequence length.
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             total_length = past_seen_tokens + inputs_embeds.shape[1]
@@ -303,8 +303,8 @@ class TinyStoriesGPTForCausalLM(TinyStoriesGPTPreTrainedModel, GenerationMixin):
         inputs_tensor,
     ):
         # A story ends where the context ends, as Transformers' default max_length already does: positions past
-        # block_size have no embedding. Servers ask for many new tokens by default (`transformers serve`: 1024), and
-        # stop at the context like llama.cpp and the OpenAI API, where "length" is the finish reason.
+        # block_size have no embedding. Servers ask for many new tokens by default (`transformers serve`: 1024, when
+        # a request gives no max_tokens), and the OpenAI API, too, writes up to the context.
         generation_config = super()._prepare_generated_length(
             generation_config,
             has_default_max_length,
