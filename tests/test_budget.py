@@ -17,7 +17,7 @@ from runs import FakeClock, fake_clock_script, tiny_args, without
 from safetensors.torch import load_file
 
 from tinystories_gpt.cli import train as train_cli
-from tinystories_gpt.training import run
+from tinystories_gpt.training import evaluations, run
 from tinystories_gpt.training.budget import MeasuredCosts, affordable_max_iters, measure_costs, remaining_seconds
 from tinystories_gpt.training.loop import parse_args, train
 from tinystories_gpt.training.records import read_metrics
@@ -78,6 +78,28 @@ def test_a_budgeted_run_chooses_what_fits_and_ends_within_its_budget(tmp_path, m
     assert chosen_max_iters(out) <= plans[-1] and f"step {plans[-1]}:" in out
     assert clock.elapsed() <= 30  # the budget held, on the clock it measured
     assert re.search(r"time: tokenizer \d+s, tokenization \d+s, .*final pass \d+s; \d+s in all \(budget 30s\)", out)
+
+
+@pytest.mark.slow
+def test_a_machine_busy_at_the_start_gets_its_steps_back_after_the_next_evaluation(tmp_path, monkeypatch, capsys):
+    clock = FakeClock(STEP_SECONDS / 2)
+    clock.install(monkeypatch.setattr)
+    real_stories = evaluations.sample_stories
+
+    def slow_story_at_the_decision(*args, **kwargs):
+        if clock.step <= 8:  # the evaluation at the decision step, while another job still held the cores
+            clock.seconds += 1.0
+        return real_stories(*args, **kwargs)
+
+    monkeypatch.setattr(evaluations, "sample_stories", slow_story_at_the_decision)
+    train(*parse_args(budget_args(tmp_path, "--max_time", "30")))
+    out = capsys.readouterr().out
+    first = chosen_max_iters(out)
+    # costed from that evaluation, the final pass's 22 stories alone would take 22 s of the 22 left at step 50; the
+    # plan after step 50's evaluation costs them from its own story, and gives back what the slow one had taken
+    replans = [int(after.replace(",", "")) for after in re.findall(r"max_iters [\d,]+ -> ([\d,]+)", out)]
+    assert replans and replans[0] > first, (first, replans)
+    assert clock.elapsed() <= 30
 
 
 @pytest.mark.slow

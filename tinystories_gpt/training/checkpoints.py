@@ -55,7 +55,6 @@ class RunState:
         self.chosen_max_iters = None  # what a --max_time run chose, once it has (its latest plan)
         self.plans: list[list[int]] = []  # every [step, max_iters] a --max_time run planned, in order
         self.budget_spent = 0.0  # seconds of --max_time spent by the processes before this one
-        self.last_costs: dict[str, float] | None = None  # what the last evaluation took: the next plan's costs
         self.sampler = sampler
 
     def state_dict(self) -> dict:
@@ -66,7 +65,6 @@ class RunState:
             "chosen_max_iters": self.chosen_max_iters,
             "plans": self.plans,
             "budget_spent": self.budget_spent,
-            "last_costs": self.last_costs,
             "sampler": self.sampler.state_dict(),
         }
 
@@ -77,7 +75,6 @@ class RunState:
         self.chosen_max_iters = state["chosen_max_iters"]
         self.plans = state["plans"]
         self.budget_spent = state["budget_spent"]
-        self.last_costs = state["last_costs"]
         self.sampler.load_state_dict(state["sampler"])
 
 

@@ -86,7 +86,7 @@ def evaluate(run: Run, stop: StopSignal | None = None) -> dict[str, float] | Non
     state.best_val_loss = min(state.best_val_loss, held_out_loss, average_loss if average is not None else math.inf)
     run.accelerator.wait_for_everyone()
     seconds["evaluation"] = budget.now() - started
-    state.last_costs, run.steps_at_last_evaluation = seconds, len(run.throughput.step_seconds)
+    run.steps_at_last_evaluation = len(run.throughput.step_seconds)
     return seconds
 
 

@@ -60,15 +60,16 @@ def train_steps(run: Run) -> bool:
             loss, stop_requested = optimizer_step(run, stop.requested)
             show_progress(run, loss)
 
-            if run.budget_replans_now():  # from the speed since the last evaluation; the record shows the plan
-                run.replan_budget()
-            deciding = run.budget_decides_now()
+            deciding, replanning = run.budget_decides_now(), run.budget_replans_now()
+            steps_before = run.steps_at_last_evaluation
             if deciding or run.evaluation_due():
                 with run.clock.timing("evaluations"):
                     costs = evaluate(run, stop=None if deciding else stop)  # the decision needs a whole one
                 stop_requested = stop_requested or costs is None
             if deciding:
                 run.decide_budget(costs)
+            elif replanning and costs is not None:  # from the speed since the last evaluation, and this one's costs
+                run.replan_budget(costs, since=steps_before)
             if run.checkpoint_due() or stop_requested:
                 with run.clock.timing("checkpoints"):
                     run.save_checkpoint()

@@ -113,13 +113,12 @@ class Run:
         return self.budget is not None and self.budget.decides_at(self.state.step, self.args.max_iters)
 
     def budget_replans_now(self) -> bool:
-        """Whether to re-plan before this step's evaluation: planned, an evaluation since the plan to cost the rest
-        with, and a plan still open (a wsd schedule's decay not begun; a cosine or linear one not ended)."""
+        """Whether to re-plan after this step's evaluation: planned, and a plan still open (a wsd schedule's decay
+        not begun; a cosine or linear one not ended)."""
         return (
             self.budget is not None
             and self.args.max_iters is not None
             and self.evaluation_due()
-            and self.state.last_costs is not None
             and self.state.step < self.last_replan_step()
         )
 
@@ -135,8 +134,10 @@ class Run:
         measured = self.measured_costs(evaluation_costs, since=0, final_stories=0)
         self.fix_max_iters(self.budget.choose_max_iters(measured, self.state.step, self.args, self.accelerator))
 
-    def replan_budget(self) -> None:
-        measured = self.measured_costs(self.state.last_costs, since=self.steps_at_last_evaluation)
+    def replan_budget(self, evaluation_costs: dict[str, float], since: int) -> None:
+        """Plan again from the steps timed since the `since`-th and the evaluation just run: an earlier evaluation's
+        costs may be stale (the first, on a machine busy at the start, cost 3x what later ones did)."""
+        measured = self.measured_costs(evaluation_costs, since=since)
         step = self.state.step
         # the shortest plan still open: one more step, or for wsd one whose decay has not begun (the plan in force is)
         floor = next(
@@ -271,7 +272,13 @@ def load_training_data(
         tokenizer=prepared.tokenizer,
         train_tokens=prepared.train.num_tokens,
         train_sampler=WindowSampler(
-            train_tokens, block_size, batch_size, args.seed, accelerator.process_index, accelerator.num_processes
+            train_tokens,
+            block_size,
+            batch_size,
+            args.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+            eos_token_id=prepared.tokenizer.eos_token_id if data_args.shuffle_stories else None,
         ),
         # every process builds the same fixed lists; estimate_loss gives each its share
         train_eval_batches=fixed_eval_batches(
