@@ -40,7 +40,6 @@ def copied(finished, tmp_path):
         (["--dropout", "0.2"], "dropout 0.1 -> 0.2"),
         (["--max_iters", "6"], "max_iters 8 -> 6 (it may only grow)"),
         (["--tokenizer", "gpt2"], "tokenizer 'bpe:512' -> 'gpt2'"),
-        (["--shuffle_stories"], "shuffle_stories False -> True"),
     ],
 )
 def test_a_resume_that_would_compute_something_else_is_refused_by_name(finished, tmp_path, capsys, flags, change):
@@ -110,11 +109,3 @@ def test_a_longer_run_may_resume_a_shorter_one(finished, tmp_path):
     root = copied(finished, tmp_path)
     result = train(*parse_args(tiny_args(root, "--resume", "--max_iters", "12")))
     assert result["step"] == 12 and (root / "run" / "checkpoints" / "step_12").is_dir()
-
-
-def test_a_checkpoint_from_before_shuffle_stories_resumes_as_the_file_order_it_was_trained_in(finished, tmp_path):
-    root = copied(finished, tmp_path)
-    recipe_file = root / "run" / "checkpoints" / "step_8" / "recipe.json"
-    recipe_file.write_text(recipe_file.read_text().replace('"shuffle_stories": false,', ""))
-    assert "shuffle_stories" not in recipe_file.read_text()
-    assert train(*parse_args(tiny_args(root, "--resume", "--max_iters", "10")))["step"] == 10

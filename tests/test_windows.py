@@ -67,49 +67,6 @@ def test_window_stream_does_not_depend_on_chunking(tokens, batch_size):
     assert single.state_dict() == ranks[0].state_dict() == ranks[1].state_dict()
 
 
-def story_tokens(lengths: list[int], eos: int = 0) -> np.ndarray:
-    """Stories of the given lengths (end token included), each token id naming its story and place: 1000 * story + i."""
-    return np.concatenate([[1000 * (s + 1) + i for i in range(n - 1)] + [eos] for s, n in enumerate(lengths)])
-
-
-def test_shuffled_stories_stay_whole_and_every_token_is_a_label_once_per_epoch():
-    lengths = [5, 12, 3, 30, 7, 9, 2, 17]
-    tokens = story_tokens(lengths)
-    sampler = WindowSampler(tokens, block_size=8, batch_size=1, seed=2, eos_token_id=0)
-    orders = []
-    for _ in range(3):
-        per_epoch = len(range(0, len(tokens) - 8, 8))
-        windows = [torch.cat([x[0], y[0, -1:]]).tolist() for x, y in (sampler.next_batch() for _ in range(per_epoch))]
-        labels = [token for window in windows for token in window[1:] if token]
-        assert len(labels) == len(set(labels))  # no story token is a label twice in an epoch...
-        assert len(labels) >= len(tokens) - len(lengths) - 9  # ...and only the stream's first and its tail are not
-        for window in windows:  # inside a window a story runs in order, and only its end token leads to another
-            for before, after in zip(window[:-1], window[1:], strict=True):
-                assert after == before + 1 or after == 0 or (before == 0 and after % 1000 == 0)
-        # which story follows which: a story's last token, its end token, the next story's first
-        orders.append({(w[i] // 1000, w[i + 2] // 1000) for w in windows for i in range(7) if w[i] and not w[i + 1]})
-    assert orders[0] != orders[1] != orders[2]  # a new neighbour before each story every epoch
-
-
-def test_shuffled_stories_resume_exactly_and_split_across_ranks():
-    tokens = story_tokens([5, 12, 3, 30, 7, 9, 2, 17, 4, 11])
-    sampler = WindowSampler(tokens, block_size=8, batch_size=2, seed=4, eos_token_id=0)
-    for _ in range(7):  # into the second epoch
-        sampler.next_batch()
-    state = json.loads(json.dumps(sampler.state_dict()))
-    expected = [sampler.next_batch() for _ in range(6)]
-    resumed = WindowSampler(tokens, block_size=8, batch_size=2, seed=4, eos_token_id=0)
-    resumed.load_state_dict(state)
-    for (x, y), (rx, ry) in zip(expected, [resumed.next_batch() for _ in range(6)], strict=True):
-        assert torch.equal(x, rx) and torch.equal(y, ry)
-    single = WindowSampler(tokens, block_size=8, batch_size=2, seed=4, eos_token_id=0)
-    ranks = [WindowSampler(tokens, 8, 1, seed=4, rank=r, world_size=2, eos_token_id=0) for r in (0, 1)]
-    for _ in range(9):
-        x, y = single.next_batch()
-        (x0, y0), (x1, y1) = (rank.next_batch() for rank in ranks)
-        assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
-
-
 def test_sampler_rejects_impossible_settings(tokens):
     with pytest.raises(ValueError, match="fewer than block_size"):
         WindowSampler(tokens[:8], block_size=8, batch_size=1)

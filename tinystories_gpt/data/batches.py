@@ -31,14 +31,7 @@ class WindowSampler:
     """
 
     def __init__(
-        self,
-        tokens: np.ndarray,
-        block_size: int,
-        batch_size: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        eos_token_id: int | None = None,
+        self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
@@ -50,19 +43,13 @@ class WindowSampler:
         self.block_size, self.batch_size, self.rank, self.world_size = block_size, batch_size, rank, world_size
         self.seed = seed
         self._windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)  # (num_starts, T+1), no copy
-        self._stories = Stories(tokens, eos_token_id) if eos_token_id is not None else None
         self._rng = np.random.Generator(np.random.PCG64(seed))
         self._new_epoch()
 
     def _new_epoch(self) -> None:
         self._epoch_rng_state = self._rng.bit_generator.state  # all that is needed to rebuild this epoch on resume
-        if self._stories is not None:
-            self._stories.shuffle(self._rng)
-            num_starts = self._stories.num_tokens - self.block_size
-            self._epoch_starts = self._rng.permutation(np.arange(0, num_starts, self.block_size))
-        else:
-            offset = self._rng.integers(min(self.block_size, len(self._windows)))
-            self._epoch_starts = self._rng.permutation(np.arange(offset, len(self._windows), self.block_size))
+        offset = self._rng.integers(min(self.block_size, len(self._windows)))
+        self._epoch_starts = self._rng.permutation(np.arange(offset, len(self._windows), self.block_size))
         self._cursor = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,10 +62,7 @@ class WindowSampler:
             starts.extend(self._epoch_starts[self._cursor : self._cursor + take])
             self._cursor += take
         mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        if self._stories is not None:
-            windows = torch.from_numpy(np.stack([self._stories.window(start, self.block_size + 1) for start in mine]))
-        else:
-            windows = torch.from_numpy(self._windows[mine].astype(np.int64))  # (B, T+1)
+        windows = torch.from_numpy(self._windows[mine].astype(np.int64))  # (B, T+1)
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
     def state_dict(self) -> dict:
@@ -90,41 +74,6 @@ class WindowSampler:
         self._rng.bit_generator.state = state["epoch_rng"]
         self._new_epoch()
         self._cursor = state["epoch_cursor"]
-
-
-class Stories:
-    """The token stream's stories, each with its end-of-story token, in an order shuffled every epoch.
-
-    Windows cut from the shuffled stream see a different neighbour before each story in every epoch, where the file's
-    fixed order would let a model that sees it ten times learn which story follows which.
-    """
-
-    def __init__(self, tokens: np.ndarray, eos_token_id: int) -> None:
-        ends = np.flatnonzero(np.asarray(tokens) == eos_token_id) + 1
-        if len(ends) == 0 or ends[-1] != len(tokens):
-            ends = np.append(ends, len(tokens))  # a last story without its end token is still a story
-        self.tokens, self.num_tokens = tokens, len(tokens)
-        self._starts = np.concatenate([[0], ends[:-1]])
-        self._lengths = ends - self._starts
-        self._order = np.arange(len(ends))
-        self._shuffled_ends = ends
-
-    def shuffle(self, rng: np.random.Generator) -> None:
-        self._order = rng.permutation(len(self._lengths))
-        self._shuffled_ends = np.cumsum(self._lengths[self._order])
-
-    def window(self, start: int, length: int) -> np.ndarray:
-        """Tokens `start` to `start + length` of the shuffled stream, as int64."""
-        pieces, position = [], start
-        story = int(np.searchsorted(self._shuffled_ends, position, side="right"))
-        while position < start + length:
-            story_start = self._shuffled_ends[story] - self._lengths[self._order[story]]
-            source = self._starts[self._order[story]] + position - story_start
-            take = min(start + length, self._shuffled_ends[story]) - position
-            pieces.append(self.tokens[source : source + take])
-            position += take
-            story += 1
-        return np.concatenate(pieces).astype(np.int64)
 
 
 def fixed_eval_batches(

@@ -183,13 +183,6 @@ class DataArguments:
             "validation split is scored once, by the final pass (tune on dev, report validation)."
         },
     )
-    shuffle_stories: bool = field(
-        default=False,
-        metadata={
-            "help": "Shuffle the training stories as whole documents every epoch before cutting windows, so a story "
-            "follows a different one each time; off, windows are cut from the file's order at a random offset."
-        },
-    )
     num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization (default: CPU count)."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where token files are cached."})
 

@@ -17,7 +17,7 @@ RECIPE_FILE = "recipe.json"
 MODEL_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 COMPUTING_FLAGS = {
     "model": ("init_from", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
-    "data": ("dataset", "tokenizer", "validation_split_percentage", "dev_stories", "shuffle_stories"),
+    "data": ("dataset", "tokenizer", "validation_split_percentage", "dev_stories"),
     "training": (
         "batch_size",
         "gradient_accumulation_steps",
@@ -36,7 +36,6 @@ COMPUTING_FLAGS = {
     ),
 }
 GROWING_FLAGS = ("max_iters", "max_time")  # may be raised on resume, never lowered, nor given or dropped
-NEWER_FLAGS = {"shuffle_stories": False}  # flags some checkpoints predate, with what those runs did
 
 
 def recipe(
@@ -57,7 +56,7 @@ def write_recipe(folder: Path, run_recipe: dict) -> None:
 
 def check_same_recipe(checkpoint: Path, now: dict) -> None:
     """Refuse a resume whose recipe differs from the checkpoint's in what it computes, naming every difference."""
-    saved = NEWER_FLAGS | json.loads((checkpoint / RECIPE_FILE).read_text())
+    saved = json.loads((checkpoint / RECIPE_FILE).read_text())
     changes = [
         f"{name} {saved.get(name)!r} -> {value!r}"
         for name, value in now.items()

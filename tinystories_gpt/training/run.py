@@ -272,13 +272,7 @@ def load_training_data(
         tokenizer=prepared.tokenizer,
         train_tokens=prepared.train.num_tokens,
         train_sampler=WindowSampler(
-            train_tokens,
-            block_size,
-            batch_size,
-            args.seed,
-            accelerator.process_index,
-            accelerator.num_processes,
-            eos_token_id=prepared.tokenizer.eos_token_id if data_args.shuffle_stories else None,
+            train_tokens, block_size, batch_size, args.seed, accelerator.process_index, accelerator.num_processes
         ),
         # every process builds the same fixed lists; estimate_loss gives each its share
         train_eval_batches=fixed_eval_batches(
