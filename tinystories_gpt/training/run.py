@@ -135,8 +135,8 @@ class Run:
         self.fix_max_iters(self.budget.choose_max_iters(measured, self.state.step, self.args, self.accelerator))
 
     def replan_budget(self, evaluation_costs: dict[str, float], since: int) -> None:
-        """Plan again from the steps timed since the `since`-th and the evaluation just run: an earlier evaluation's
-        costs may be stale (the first, on a machine busy at the start, cost 3x what later ones did)."""
+        """Plan again from the steps timed since the last evaluation (this process's `since`-th on) and the one just
+        run: an earlier evaluation's costs may be stale (the first, on a machine busy at the start, cost 3x)."""
         measured = self.measured_costs(evaluation_costs, since=since)
         step = self.state.step
         # the shortest plan still open: one more step, or for wsd one whose decay has not begun (the plan in force is)
@@ -148,8 +148,8 @@ class Run:
         self.fix_max_iters(self.budget.replan(measured, step, self.args, self.accelerator, floor))
 
     def measured_costs(self, evaluation_costs: dict[str, float], since: int, final_stories: int = FINAL_STORIES + 1):
-        """The costs from the steps since step `since` and an evaluation's; the final pass writes `final_stories`
-        (held-out openings and the seed prompt)."""
+        """The costs from the steps this process timed from its `since`-th on, and from an evaluation's parts; the
+        final pass writes `final_stories` (held-out openings and the seed prompt)."""
         return measure_costs(
             self.throughput.typical_step(since),
             evaluation_costs,
