@@ -131,6 +131,7 @@ class Run:
         # The first plan leaves out the final pass's stories, which every re-plan counts: they are costed from one
         # story, and the first is written right after compiling, where a machine busy at the start (another training
         # beside it) made it 26 s and the 21 stories alone more than the budget left, so the run refused to start.
+        # (A run with no evaluation after this one keeps only the budget's reserve, SAFETY, for them.)
         measured = self.measured_costs(evaluation_costs, since=0, final_stories=0)
         self.fix_max_iters(self.budget.choose_max_iters(measured, self.state.step, self.args, self.accelerator))
 
@@ -139,12 +140,11 @@ class Run:
         run: an earlier evaluation's costs may be stale (the first, on a machine busy at the start, cost 3x)."""
         measured = self.measured_costs(evaluation_costs, since=since)
         step = self.state.step
-        # the shortest plan still open: one more step, or for wsd one whose decay has not begun (the plan in force is)
-        floor = next(
-            m
-            for m in range(step + 1, self.args.max_iters + 1)
-            if self.args.lr_scheduler_type != "wsd" or decay_start(replace(self.args, max_iters=m)) > step
-        )
+        floor = step + 1  # the shortest plan still open: one more step
+        if self.args.lr_scheduler_type == "wsd":  # or one whose decay has not begun (the plan in force is one)
+            floor = next(
+                m for m in range(floor, self.args.max_iters + 1) if decay_start(replace(self.args, max_iters=m)) > step
+            )
         self.fix_max_iters(self.budget.replan(measured, step, self.args, self.accelerator, floor))
 
     def measured_costs(self, evaluation_costs: dict[str, float], since: int, final_stories: int = FINAL_STORIES + 1):
