@@ -49,6 +49,8 @@ def run(config: str, steps: int, workdir: Path, port: int) -> tuple[float, list[
         "no",
         "--warmup_steps",
         "5",
+        "--small_shape_below_steps",  # the preset's 4 x 256 on every machine
+        "0",
         "--overwrite_output_dir",  # the timed DDP run replaces the cache-warming one
     ]
     started = time.perf_counter()

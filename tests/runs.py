@@ -194,7 +194,7 @@ class FakeClock:
 
     def install(self, patch: Callable[[object, str, object], None]) -> None:
         """Put the clock in place through `patch(module, name, value)` (monkeypatch.setattr, or setattr)."""
-        from tinystories_gpt.training import budget, loop
+        from tinystories_gpt.training import budget, loop, shape
 
         real_loss, real_step = loop.next_token_loss, loop.optimizer_step
 
@@ -209,22 +209,30 @@ class FakeClock:
         patch(budget, "now", self)
         patch(budget, "process_start_time", lambda: self.START)
         patch(loop, "next_token_loss", timed_loss)
+        patch(shape, "next_token_loss", timed_loss)  # --small_shape's timed steps
         patch(loop, "optimizer_step", counted_step)
 
 
 FAKE_CLOCK_TRAIN = """
+import os
 import sys
 sys.path.insert(0, {tests!r})
 from runs import FakeClock
 from tinystories_gpt.cli.train import main
 
-FakeClock({seconds!r}, slower={slower!r}).install(setattr)
+seconds = {seconds!r}
+if isinstance(seconds, list):  # one per process: machines of different speeds
+    seconds = seconds[int(os.environ.get("RANK", "0"))]
+FakeClock(seconds, slower={slower!r}).install(setattr)
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def fake_clock_script(folder: Path, seconds_per_micro_batch: float, slower: tuple[int, float] | None = None) -> Path:
-    """A train.py for a subprocess (or several, under torchrun) that runs on a FakeClock."""
+def fake_clock_script(
+    folder: Path, seconds_per_micro_batch: float | list[float], slower: tuple[int, float] | None = None
+) -> Path:
+    """A train.py for a subprocess (or several, under torchrun) that runs on a FakeClock; a list gives each process
+    (by its RANK) its own speed."""
     script = folder / "train_on_a_fake_clock.py"
     text = FAKE_CLOCK_TRAIN.format(tests=str(Path(__file__).parent), seconds=seconds_per_micro_batch, slower=slower)
     script.write_text(text)

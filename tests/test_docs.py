@@ -108,7 +108,8 @@ def blocks(page: str) -> list[Block]:
 
 def tiny_preset(preset: dict, stories: Path) -> dict:
     """A preset's tiny version: the same data and parent, a model of seconds, a few steps."""
-    tiny = {key: value for key, value in preset.items() if key != "max_time"} | TINY_RUN
+    budget = ("max_time", "small_shape", "small_shape_below_steps")  # a few steps of one tiny shape instead
+    tiny = {key: value for key, value in preset.items() if key not in budget} | TINY_RUN
     if "init_from" not in preset:  # a parent fixes its own shape
         tiny |= TINY_SHAPE
     if not (REPO / str(preset.get("dataset", "data"))).exists():  # a Hub dataset: bundled stories stand in

@@ -77,6 +77,19 @@ class ModelArguments:
             "picks its own. On a CPU, eager trains small models faster than sdpa's flash kernel."
         },
     )
+    small_shape: str | None = field(
+        default=None,
+        metadata={
+            "help": "LAYERSxWIDTH (e.g. 2x288): under --max_time, the model to train instead where the machine affords "
+            "the given shape fewer than --small_shape_below_steps steps (timed uncompiled before the run starts, in a "
+            "few seconds). Heads stay --n_head; the choice is printed, saved, and kept by --resume. Not used with "
+            "--init_from, whose parent fixes the shape."
+        },
+    )
+    small_shape_below_steps: int | None = field(
+        default=None,
+        metadata={"help": "With --small_shape: the steps of the given shape below which it is used (0: never)."},
+    )
     lora_r: int = field(
         default=0,
         metadata={
@@ -113,6 +126,25 @@ class ModelArguments:
                 require(value is None or value > 0, f"{name} must be a positive integer, got {value}.")
             require(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}.")
         self._check_lora()
+        self._check_small_shape()
+
+    def _check_small_shape(self) -> None:
+        if self.small_shape is None:
+            require(
+                self.small_shape_below_steps is None,
+                "--small_shape_below_steps only applies with --small_shape LAYERSxWIDTH: add one, or drop it.",
+            )
+            return
+        require(
+            self.small_shape_below_steps is not None and self.small_shape_below_steps >= 0,
+            f"--small_shape {self.small_shape} needs --small_shape_below_steps N: the steps of the given shape "
+            "below which the small one is trained (e.g. 2700; 0 never trains it).",
+        )
+        n_layer, n_embd = parse_shape(self.small_shape)
+        require(
+            self.n_head is None or n_embd % self.n_head == 0,
+            f"--small_shape {self.small_shape}: its width {n_embd} must be a multiple of n_head ({self.n_head}).",
+        )
 
     def _check_lora(self) -> None:
         require(self.lora_r >= 0, f"lora_r must not be negative (0 trains every weight), got {self.lora_r}.")
@@ -335,8 +367,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         not (training_args.ema_decay and model_args.lora_r),
         "--ema_decay averages every weight, and LoRA trains a few adapters: drop --ema_decay with --lora_r.",
     )
+    require(
+        model_args.small_shape is None or training_args.max_time is not None,
+        f"--small_shape {model_args.small_shape} is chosen from the steps a time budget affords: add --max_time "
+        "SECONDS, or drop --small_shape.",
+    )
     check_tokenizer_choice(model_args, data_args)
     return model_args, data_args, training_args
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """'2x288' -> (2, 288): layers x width."""
+    layers, _, width = text.lower().partition("x")
+    require(
+        layers.isdigit() and width.isdigit() and int(layers) > 0 and int(width) > 0,
+        f"A shape is LAYERSxWIDTH, e.g. 2x288; got {text!r}.",
+    )
+    return int(layers), int(width)
 
 
 def check_tokenizer_choice(model_args: ModelArguments, data_args: DataArguments) -> None:

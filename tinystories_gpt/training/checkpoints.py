@@ -55,6 +55,7 @@ class RunState:
         self.chosen_max_iters = None  # what a --max_time run chose, once it has (its latest plan)
         self.plans: list[list[int]] = []  # every [step, max_iters] a --max_time run planned, in order
         self.budget_spent = 0.0  # seconds of --max_time spent by the processes before this one
+        self.shape_choice: dict | None = None  # what --small_shape measured and chose (training/shape.py)
         self.sampler = sampler
 
     def state_dict(self) -> dict:
@@ -65,6 +66,7 @@ class RunState:
             "chosen_max_iters": self.chosen_max_iters,
             "plans": self.plans,
             "budget_spent": self.budget_spent,
+            "shape_choice": self.shape_choice,
             "sampler": self.sampler.state_dict(),
         }
 
@@ -75,6 +77,7 @@ class RunState:
         self.chosen_max_iters = state["chosen_max_iters"]
         self.plans = state["plans"]
         self.budget_spent = state["budget_spent"]
+        self.shape_choice = state.get("shape_choice")  # absent from checkpoints older than --small_shape
         self.sampler.load_state_dict(state["sampler"])
 
 

@@ -25,6 +25,7 @@ from .optimization import learning_rate_at
 from .parent import hub_base_model, start_summary
 from .records import append_metrics, append_samples, evaluation_missing, plot_loss_curve, read_metrics, training_summary
 from .run import Run
+from .shape import shape_summary
 
 EVAL_BATCHES_PER_STOP_CHECK = 4  # per process: a stop request cuts an evaluation short within this many batches
 
@@ -149,6 +150,7 @@ def save_best(run: Run, model: torch.nn.Module, **card) -> None:
         dataset_id=run.data.hub_id,
         base_model=hub_base_model(run.model_args),
         training=start_summary(run.model_args)
+        | shape_summary(run.state.shape_choice)
         | training_summary(run.state.step, run.state.tokens_seen, run.data_args, run.args),
         **card,
     )
@@ -191,6 +193,8 @@ def final_pass(run: Run) -> dict:
             f"({final['tokens']:,} tokens, {final['bytes']:,} UTF-8 bytes)",
             samples=stories,
         )
+        if run.state.shape_choice:  # what --small_shape measured and chose
+            final["shape_choice"] = run.state.shape_choice
         write_file(run.output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n", "the final metrics")
         accelerator.print(
             f"\nvalidation (whole split): loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}, "

@@ -32,6 +32,7 @@ from .optimization import build_optimizer, decay_start
 from .parent import build_model, describe_start, load_parent
 from .recipe import check_same_recipe, recipe, write_recipe
 from .records import PhaseClock, Throughput, model_flops_per_token, truncate_metrics
+from .shape import choose_shape, resumed_shape
 
 FINAL_STORIES = 20  # stories the final pass writes from held-out openings (and the seed prompt), for their figures
 
@@ -196,6 +197,14 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
     for phase, seconds in data.seconds.items():
         clock.add(phase, seconds)
 
+    # the model's shape: the preset's, or the smaller one a machine that affords it few steps trains (--small_shape)
+    budget = TimeBudget(args.max_time, args.warmup_steps, step_cap=args.max_iters) if args.max_time else None
+    shape_choice = None
+    if model_args.small_shape and parent is None and args.resume:
+        model_args = resumed_shape(model_args, args)
+    elif model_args.small_shape and parent is None:
+        model_args, shape_choice = choose_shape(model_args, args, data.tokenizer, accelerator, budget)
+
     # the model and optimizer, prepared by Accelerate
     model = build_model(model_args, data.tokenizer, parent)
     if parent is not None:
@@ -206,13 +215,13 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
         model.compile()  # in place, unlike torch.compile(model): checkpoints keep their plain key names
     model, optimizer = accelerator.prepare(model, optimizer)
     state = RunState(DeviceBatches(data.train_sampler, accelerator.device))
+    state.shape_choice = asdict(shape_choice) if shape_choice else None  # a resumed run loads its checkpoint's
     accelerator.register_for_checkpointing(state)
     ema = moving_average(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)  # resumed with the rest, so --resume stays exact
     tokens_per_step = args.batch_size * args.gradient_accumulation_steps * config.block_size * accelerator.num_processes
 
-    budget = TimeBudget(args.max_time, args.warmup_steps, step_cap=args.max_iters) if args.max_time else None
     run = Run(
         model_args=model_args,
         data_args=data_args,
