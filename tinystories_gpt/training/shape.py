@@ -21,8 +21,8 @@ from transformers import PreTrainedTokenizerFast
 from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
 from ..evaluation.losses import next_token_loss
 from . import budget
-from .budget import TimeBudget
 from .arguments import ModelArguments, TrainingArguments, parse_shape
+from .budget import TimeBudget
 from .checkpoints import newest_checkpoint
 from .optimization import build_optimizer
 from .parent import build_model
