@@ -43,6 +43,7 @@ ORDER = [
     "training.records",
     "training.lora",
     "training.parent",
+    "training.shape",
     "training.recipe",
     "training.run",
     "training.evaluations",

@@ -8,11 +8,10 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser, PreTrainedTokenizerFast
+from transformers import HfArgumentParser
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
-from ..data.tokenization import check_vocab_fits
 from .budget import MIN_WARMUP_STEPS
 from .presets import load_preset
 
@@ -395,16 +394,4 @@ def check_tokenizer_choice(model_args: ModelArguments, data_args: DataArguments)
         not (data_args.tokenizer or "").startswith("bpe:"),
         f"--tokenizer {data_args.tokenizer} would train a new tokenizer, whose ids the parent "
         f"{model_args.init_from} never learnt: drop --tokenizer (the parent's comes with it).",
-    )
-
-
-def model_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerFast) -> TinyStoriesGPTConfig:
-    """The model's config for this tokenizer; its own validation names any impossible shape."""
-    vocab_size = model_args.vocab_size or len(tokenizer)
-    check_vocab_fits(tokenizer, vocab_size)
-    return model_args.config(
-        vocab_size=vocab_size,
-        bos_token_id=tokenizer.eos_token_id,  # stories start after an end-of-text, as in the token files
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )

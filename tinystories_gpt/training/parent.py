@@ -23,12 +23,12 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
-from ..data.tokenization import load_tokenizer, tokenizer_fingerprint
+from ..data.tokenization import check_vocab_fits, load_tokenizer, tokenizer_fingerprint
 from ..export.gpt2 import import_gpt2
 from ..export.hub import check_model_folder
 from ..export.nanogpt import convert_nanogpt, convert_training_checkpoint, load_torch_checkpoint, split_checkpoint
 from ..modeling_tinystories_gpt import TinyStoriesGPTForCausalLM
-from .arguments import DataArguments, ModelArguments, model_config
+from .arguments import DataArguments, ModelArguments
 from .lora import add_lora_adapters, checkpoint_adapters, describe_lora
 
 # Shape fields a flag may only repeat; block_size may also be lowered
@@ -75,6 +75,18 @@ def build_model(
             model_config(model_args, tokenizer), attn_implementation=model_args.attn_implementation
         )
     return add_lora_adapters(parent, model_args) if model_args.lora_r else parent
+
+
+def model_config(model_args: ModelArguments, tokenizer: PreTrainedTokenizerFast) -> TinyStoriesGPTConfig:
+    """The model's config for this tokenizer; its own validation names any impossible shape."""
+    vocab_size = model_args.vocab_size or len(tokenizer)
+    check_vocab_fits(tokenizer, vocab_size)
+    return model_args.config(
+        vocab_size=vocab_size,
+        bos_token_id=tokenizer.eos_token_id,  # stories start after an end-of-text, as in the token files
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 # 1. Where the parent is, and what it is ------------------------------------------------------------------------

@@ -73,12 +73,12 @@ def choose_shape(
     preset = shape_name(model_args.n_layer, model_args.n_embd)
     step_seconds = probe_step_seconds(model_args, args, tokenizer, accelerator)
     affordable = max(int(time_budget.seconds_left() / step_seconds), 0)
-    affordable = broadcast_object_list([affordable])[0]  # every process builds the main process's choice
     below = model_args.small_shape_below_steps
     chosen = model_args.small_shape if affordable < below else preset
-    choice = ShapeChoice(preset, step_seconds, affordable, below, chosen)
+    # every process timed its own steps, and builds (and records) the main process's choice
+    choice = broadcast_object_list([ShapeChoice(preset, step_seconds, affordable, below, chosen)])[0]
     accelerator.print(f"shape: {choice.describe()}")
-    return with_shape(model_args, chosen), choice
+    return with_shape(model_args, choice.chosen), choice
 
 
 def probe_step_seconds(
