@@ -167,6 +167,22 @@ def without(argv: list[str], flag: str) -> list[str]:
     return argv[:index] + argv[index + 2 :]
 
 
+def signal_after_checkpoint(patch: Callable[[object, str, object], None], step: int) -> None:
+    """Send the run a SIGTERM once its checkpoint of `step` is written (it then checkpoints the next step and stops),
+    through `patch(module, name, value)` (a monkeypatch context's setattr)."""
+    from tinystories_gpt.training import run
+
+    real_save = run.save_checkpoint
+
+    def save_then_signal(accelerator, saved_step, *args):
+        result = real_save(accelerator, saved_step, *args)
+        if saved_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    patch(run, "save_checkpoint", save_then_signal)
+
+
 class FakeClock:
     """The run's clock (`training.budget.now`) for the budget's logic: time moves only while a training micro-batch
     is computed, by `seconds_per_micro_batch`, so every duration the run measures is known in advance and nothing

@@ -7,17 +7,16 @@ keeps its budget on a real machine is a benchmark (the quickstart's figures), no
 
 import os
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from runs import FakeClock, fake_clock_script, tiny_args, without
+from runs import FakeClock, fake_clock_script, signal_after_checkpoint, tiny_args, without
 from safetensors.torch import load_file
 
 from tinystories_gpt.cli import train as train_cli
-from tinystories_gpt.training import evaluations, run
+from tinystories_gpt.training import evaluations
 from tinystories_gpt.training.budget import MeasuredCosts, affordable_max_iters, measure_costs, remaining_seconds
 from tinystories_gpt.training.loop import parse_args, train
 from tinystories_gpt.training.records import read_metrics
@@ -105,18 +104,10 @@ def test_a_machine_busy_at_the_start_gets_its_steps_back_after_the_next_evaluati
 @pytest.mark.slow
 def test_resume_keeps_the_chosen_max_iters_and_trains_what_a_fixed_run_trains(tmp_path, monkeypatch, capsys):
     FakeClock(STEP_SECONDS / 2).install(monkeypatch.setattr)
-    real_save = run.save_checkpoint
-
-    def save_then_signal_at_step_20(accelerator, step, *args):
-        result = real_save(accelerator, step, *args)
-        if step == 20:  # after the choice (at step 8): the run checkpoints step 21 and stops
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
     broken = tmp_path / "broken"
     argv = budget_args(broken, "--max_time", "60", "--checkpoint_interval", "10", "--eval_interval", "1000")
     with monkeypatch.context() as patch:
-        patch.setattr(run, "save_checkpoint", save_then_signal_at_step_20)
+        signal_after_checkpoint(patch.setattr, 20)  # after the choice (at step 8): it checkpoints step 21 and stops
         train(*parse_args(argv))
     out = capsys.readouterr().out
     chosen = chosen_max_iters(out)
@@ -217,18 +208,10 @@ def test_resume_replays_the_plans_of_the_uninterrupted_run(tmp_path, monkeypatch
     on_the_same_machine()
     train(*parse_args(wsd_args(tmp_path / "whole", "--max_time", "30")))
 
-    real_save = run.save_checkpoint
-
-    def save_then_signal_at_step_40(accelerator, step, *args):
-        result = real_save(accelerator, step, *args)
-        if step == 40:  # after the first plans, before the machine slows down
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
     on_the_same_machine()
     argv = wsd_args(tmp_path / "broken", "--max_time", "30")
     with monkeypatch.context() as patch:
-        patch.setattr(run, "save_checkpoint", save_then_signal_at_step_40)
+        signal_after_checkpoint(patch.setattr, 40)  # after the first plans, before the machine slows down
         train(*parse_args(argv))
     on_the_same_machine()  # a new process: its clock starts again, the budget goes on from what was spent
     result = train(*parse_args([*argv, "--resume"]))

@@ -2,16 +2,13 @@
 each change and how to start a new run instead; one that changes only what is reported, or how often, is taken,
 and the run ends exactly where the uninterrupted one does."""
 
-import os
 import shutil
-import signal
 
 import pytest
-from runs import assert_same_tensors, losses, run_cli, small_stories, tiny_args
+from runs import assert_same_tensors, losses, run_cli, signal_after_checkpoint, small_stories, tiny_args
 from safetensors.torch import load_file
 
 from tinystories_gpt.cli import train as train_cli
-from tinystories_gpt.training import run as run_module
 from tinystories_gpt.training.loop import parse_args, train
 
 pytestmark = pytest.mark.slow  # every test here trains
@@ -77,16 +74,8 @@ def test_other_stories_at_another_path_or_the_same_one_are_refused(tmp_path, cap
 
 def stopped_at_step_4(root, monkeypatch, *flags):
     """Run tiny_args to step 8, stopped by SIGTERM once its step_4 checkpoint is written (it checkpoints step 5)."""
-    real_save = run_module.save_checkpoint
-
-    def save_then_signal(accelerator, step, *args):
-        result = real_save(accelerator, step, *args)
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "save_checkpoint", save_then_signal)
+        signal_after_checkpoint(patch.setattr, 4)
         train(*parse_args(tiny_args(root, "--checkpoint_interval", "4", *flags)))
 
 

@@ -7,18 +7,16 @@ buys 6,000, and the preset's shape is kept.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from runs import FakeClock, fake_clock_script, tiny_args, without
+from runs import FakeClock, fake_clock_script, signal_after_checkpoint, tiny_args, without
 from safetensors.torch import load_file
 
 from tinystories_gpt.cli import train as train_cli
 from tinystories_gpt.configuration_tinystories_gpt import TinyStoriesGPTConfig
-from tinystories_gpt.training import run
 from tinystories_gpt.training.loop import parse_args, train
 
 SLOW, FAST = 0.05, 0.0025  # seconds per micro-batch; tiny_args accumulates 2 a step
@@ -70,18 +68,10 @@ def test_a_slow_machine_trains_the_small_shape_and_resume_keeps_it(tmp_path, mon
     shape it chose, and ends with the weights of a run given that shape outright (the timed steps leave the run's
     random numbers untouched)."""
     FakeClock(SLOW).install(monkeypatch.setattr)
-    real_save = run.save_checkpoint
-
-    def save_then_signal_at_step_20(accelerator, step, *args):
-        result = real_save(accelerator, step, *args)
-        if step == 20:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
     broken = tmp_path / "broken"
     argv = shape_args(broken, "--checkpoint_interval", "10", "--eval_interval", "1000")
     with monkeypatch.context() as patch:
-        patch.setattr(run, "save_checkpoint", save_then_signal_at_step_20)
+        signal_after_checkpoint(patch.setattr, 20)
         train(*parse_args(argv))
     out = capsys.readouterr().out
     assert "shape: 2x32 takes 0.100 s a step here (uncompiled), ~29" in out, out
