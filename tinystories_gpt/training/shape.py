@@ -41,14 +41,14 @@ class ShapeChoice:
     below_steps: int  # the threshold: fewer, and the small shape is built
     chosen: str
 
-    def describe(self) -> str:
+    def describe(self, where: str = "here") -> str:
         verdict = (
             f"fewer than {self.below_steps:,}: training the smaller {self.chosen} instead"
             if self.chosen != self.preset
             else f"at least {self.below_steps:,}: keeping {self.preset}"
         )
         return (
-            f"{self.preset} takes {self.step_seconds:.3f} s a step here (uncompiled), ~{self.affordable_steps:,} "
+            f"{self.preset} takes {self.step_seconds:.3f} s a step {where} (uncompiled), ~{self.affordable_steps:,} "
             f"steps in the time left, {verdict}"
         )
 
@@ -123,4 +123,4 @@ def resumed_shape(model_args: ModelArguments, args: TrainingArguments) -> ModelA
 
 def shape_summary(shape_choice: dict | None) -> dict:
     """The model card's row for the choice ({} when the run had none to make)."""
-    return {"shape": ShapeChoice(**shape_choice).describe()} if shape_choice else {}
+    return {"shape": ShapeChoice(**shape_choice).describe("on the training machine")} if shape_choice else {}
