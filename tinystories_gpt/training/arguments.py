@@ -139,7 +139,7 @@ class ModelArguments:
             f"--small_shape {self.small_shape} needs --small_shape_below_steps N: the steps of the given shape "
             "below which the small one is trained (e.g. 2700; 0 never trains it).",
         )
-        n_layer, n_embd = parse_shape(self.small_shape)
+        n_embd = parse_shape(self.small_shape)[1]
         require(
             self.n_head is None or n_embd % self.n_head == 0,
             f"--small_shape {self.small_shape}: its width {n_embd} must be a multiple of n_head ({self.n_head}).",

@@ -32,7 +32,7 @@ from .optimization import build_optimizer, decay_start
 from .parent import build_model, describe_start, load_parent
 from .recipe import check_same_recipe, recipe, write_recipe
 from .records import PhaseClock, Throughput, model_flops_per_token, truncate_metrics
-from .shape import choose_shape, resumed_shape
+from .shape import choose_shape
 
 FINAL_STORIES = 20  # stories the final pass writes from held-out openings (and the seed prompt), for their figures
 
@@ -200,9 +200,7 @@ def set_up(accelerator: Accelerator, model_args: ModelArguments, data_args: Data
     # the model's shape: the preset's, or the smaller one a machine that affords it few steps trains (--small_shape)
     budget = TimeBudget(args.max_time, args.warmup_steps, step_cap=args.max_iters) if args.max_time else None
     shape_choice = None
-    if model_args.small_shape and parent is None and args.resume:
-        model_args = resumed_shape(model_args, args)
-    elif model_args.small_shape and parent is None:
+    if model_args.small_shape and parent is None:
         model_args, shape_choice = choose_shape(model_args, args, data.tokenizer, accelerator, budget)
 
     # the model and optimizer, prepared by Accelerate

@@ -20,15 +20,14 @@ from transformers import PreTrainedTokenizerFast
 
 from ..configuration_tinystories_gpt import TinyStoriesGPTConfig
 from ..evaluation.losses import next_token_loss
-from . import budget
 from .arguments import ModelArguments, TrainingArguments, parse_shape
 from .budget import TimeBudget
 from .checkpoints import newest_checkpoint
 from .optimization import build_optimizer
 from .parent import build_model
+from .records import WARMUP_STEPS_TIMED, Throughput
 
-PROBE_WARMUP_STEPS = 2  # the first steps create the kernels' primitives, and are slower
-PROBE_TIMED_STEPS = 6
+PROBE_TIMED_STEPS = 6  # after the warm-up steps Throughput leaves out, as the budget's own timing does
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,11 @@ def choose_shape(
     tokenizer: PreTrainedTokenizerFast,
     accelerator: Accelerator,
     time_budget: TimeBudget,
-) -> tuple[ModelArguments, ShapeChoice]:
-    """The model arguments of the shape this machine affords best, and the measurement behind the choice."""
+) -> tuple[ModelArguments, ShapeChoice | None]:
+    """The model arguments of the shape this machine affords best, and the measurement behind the choice (None on
+    --resume, which takes the checkpoint's shape and loads the choice with the run state)."""
+    if args.resume:
+        return resumed_shape(model_args, args), None
     preset = shape_name(model_args.n_layer, model_args.n_embd)
     step_seconds = probe_step_seconds(model_args, args, tokenizer, accelerator)
     affordable = max(int(time_budget.seconds_left() / step_seconds), 0)
@@ -85,8 +87,10 @@ def probe_step_seconds(
     model_args: ModelArguments, args: TrainingArguments, tokenizer: PreTrainedTokenizerFast, accelerator: Accelerator
 ) -> float:
     """Seconds per optimizer step of the preset's shape here: its batch of random tokens, forward and backward in the
-    run's precision, and AdamW's update; the median of a few steps after the first ones."""
+    run's precision, and AdamW's update; the typical step once warm, as the budget measures the run's."""
     device = accelerator.device
+    tokens_per_step = args.gradient_accumulation_steps * args.batch_size * model_args.block_size
+    timer = Throughput(tokens_per_step, flops_per_token=0.0, peak_flops=None)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's seed stays untouched
         model = build_model(model_args, tokenizer, parent=None).to(device).train()
         optimizer = build_optimizer(model, args, fused=device.type == "cuda")
@@ -95,9 +99,8 @@ def probe_step_seconds(
             (args.gradient_accumulation_steps, args.batch_size, model_args.block_size),
             device=device,
         )
-        times = []
-        for _ in range(PROBE_WARMUP_STEPS + PROBE_TIMED_STEPS):
-            started = budget.now()
+        for _ in range(WARMUP_STEPS_TIMED + PROBE_TIMED_STEPS):
+            timer.start_step()
             for input_ids in batches:
                 with accelerator.autocast():
                     loss = next_token_loss(model, input_ids, input_ids)
@@ -106,8 +109,8 @@ def probe_step_seconds(
             optimizer.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(budget.now() - started)
-    return max(sorted(times[PROBE_WARMUP_STEPS:])[PROBE_TIMED_STEPS // 2], 1e-6)
+            timer.end_step()
+    return timer.typical_step()
 
 
 def resumed_shape(model_args: ModelArguments, args: TrainingArguments) -> ModelArguments:
